@@ -1,0 +1,1 @@
+"""JiSi Gateway: an OpenAI-compatible gateway that routes and aggregates LLMs with JiSi."""
