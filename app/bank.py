@@ -1,0 +1,199 @@
+"""The embedding bank on disk: load, validate against the embedder, search, and gather support rows.
+
+Layout of a bank folder (format 1):
+  manifest.json            what the bank holds and which files make it up (written last)
+  query_emb-<id>.npy       e_i = f1(x_i), N x d float32
+  resp-<id>-<j>.npy        r_ij = f1(y_ij) for model j, N x d float32 (zero rows where missing)
+  v-<id>.npy               score matrix v, N x M float32 in [0, 1]
+  c-<id>.npy               completion tokens c, N x M float32
+  present-<id>.npy         presence mask, N x M bool (False = no record: masked out of every sum)
+  queries-<id>.jsonl       query text, dataset label and record index per row (for explanations)
+  index-<id>.faiss         FAISS index over the query embeddings
+
+Files carry the id of the build that wrote them and the manifest names the ones in use. A build
+writes its files first and replaces manifest.json last (atomically), so a crash leaves the previous
+bank intact; add-model reuses the files it does not change instead of re-embedding them.
+Arrays are memory-mapped, so loading is fast and replicas share pages.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from pydantic import BaseModel
+
+from app.engine import SupportView
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BankError(RuntimeError):
+    """The bank is missing, malformed, or does not match the configured embedder."""
+
+
+class BankFiles(BaseModel):
+    query_emb: str
+    responses: list[str]  # one per model, in manifest model order
+    v: str
+    c: str
+    present: str
+    queries: str
+    index: str
+
+
+class EmbedderInfo(BaseModel):
+    name: str
+    dim: int
+    max_seq_length: int | None = None
+
+
+class SourceInfo(BaseModel):
+    path: str
+    sha256: str
+
+
+class Manifest(BaseModel):
+    format_version: int
+    build_id: str
+    created_at: str
+    models: list[str]
+    datasets: dict[str, int]  # dataset -> number of bank queries
+    n_queries: int
+    n_records: int  # present (query, model) pairs
+    embedder: EmbedderInfo
+    params: dict[str, Any]  # hyperparameter defaults the bank was built with
+    split: dict[str, Any]  # how the bank's rows were chosen (seed, train ratio, part)
+    sources: list[SourceInfo]
+    files: BankFiles
+    index_type: str = "flat_ip"
+
+
+def read_manifest(path: Path) -> Manifest:
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise BankError(f"no bank at {path}: {MANIFEST} not found (build one with `jisi-bank build`)")
+    try:
+        manifest = Manifest.model_validate_json(file.read_text())
+    except ValueError as exc:
+        raise BankError(f"{file} is not a valid bank manifest: {exc}") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise BankError(
+            f"{file} has bank format {manifest.format_version}; this version reads format {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+@dataclass(frozen=True)
+class QueryInfo:
+    text: str
+    dataset: str
+    index: int
+
+
+class Bank:
+    """A loaded bank. Arrays are read-only memory maps; safe to share across requests and threads."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.models: list[str] = list(manifest.models)
+        self._model_index = {name: j for j, name in enumerate(self.models)}
+        files = manifest.files
+        self.e = self._array(files.query_emb)  # N x d
+        self.v = np.asarray(self._array(files.v), dtype=np.float32)  # N x M, small: load fully
+        self.c = np.asarray(self._array(files.c), dtype=np.float32)
+        self.present = np.asarray(self._array(files.present), dtype=bool)
+        self.r = [self._array(name) for name in files.responses]  # M arrays of N x d
+        self.index = faiss.read_index(str(self.path / files.index))
+        self._queries: list[QueryInfo] | None = None
+        self._queries_lock = threading.Lock()
+        self._check_shapes()
+
+    def _array(self, name: str) -> np.ndarray:
+        file = self.path / name
+        if not file.is_file():
+            raise BankError(f"bank file {file} named in the manifest is missing")
+        return np.load(file, mmap_mode="r")
+
+    def _check_shapes(self) -> None:
+        n, m, d = self.manifest.n_queries, len(self.models), self.manifest.embedder.dim
+        expected = {"query embeddings": (self.e.shape, (n, d)), "v": (self.v.shape, (n, m)),
+                    "c": (self.c.shape, (n, m)), "present": (self.present.shape, (n, m))}
+        expected.update({f"responses of {self.models[j]}": (r.shape, (n, d)) for j, r in enumerate(self.r)})
+        wrong = [f"{what} {got} (expected {want})" for what, (got, want) in expected.items() if got != want]
+        if len(self.r) != m:
+            wrong.append(f"{len(self.r)} response files for {m} models")
+        if self.index.ntotal != n or self.index.d != d:
+            wrong.append(f"index holds {self.index.ntotal} x {self.index.d} (expected {n} x {d})")
+        if wrong:
+            raise BankError(f"bank at {self.path} is inconsistent: " + "; ".join(wrong))
+
+    @classmethod
+    def load(cls, path: str | Path, *, embedder_name: str | None = None, dim: int | None = None) -> "Bank":
+        """Load a bank; when an embedder is given, refuse a bank built with another model or dimension."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        built = manifest.embedder
+        if embedder_name is not None and embedder_name != built.name:
+            raise BankError(
+                f"bank at {path} was built with embedding model {built.name!r} but the configured "
+                f"embedder is {embedder_name!r}; rebuild the bank or configure {built.name!r}"
+            )
+        if dim is not None and dim != built.dim:
+            raise BankError(
+                f"bank at {path} holds {built.dim}-dimensional embeddings but the configured embedder "
+                f"produces {dim}; rebuild the bank with this embedder"
+            )
+        return cls(path, manifest)
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def n_queries(self) -> int:
+        return self.manifest.n_queries
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.embedder.dim
+
+    def model_index(self, name: str) -> int:
+        try:
+            return self._model_index[name]
+        except KeyError:
+            raise KeyError(f"model {name!r} is not in the bank") from None
+
+    def query_info(self, row: int) -> QueryInfo:
+        """Text, dataset and record index of a bank query (read lazily: only explanations need it)."""
+        if self._queries is None:
+            with self._queries_lock:
+                if self._queries is None:
+                    lines = (self.path / self.manifest.files.queries).read_text().splitlines()
+                    self._queries = [QueryInfo(**json.loads(line)) for line in lines]
+        return self._queries[row]
+
+    # -- search and gather -----------------------------------------------------------------------
+
+    def search(self, e: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k bank queries by cosine similarity to e (normalised): (similarities, rows), descending."""
+        query = np.ascontiguousarray(np.asarray(e, dtype=np.float32).reshape(1, -1))
+        sims, ids = self.index.search(query, min(k, self.n_queries))
+        return sims[0], ids[0]
+
+    def view(self, ids: np.ndarray, live_models: np.ndarray) -> SupportView:
+        """Bank rows of the support set I, with response embeddings for the live models only."""
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids)  # sorted reads are kinder to the memory map
+        sorted_ids = ids[order]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        r = np.stack([np.asarray(self.r[j][sorted_ids])[inverse] for j in live_models], axis=1) if len(
+            live_models
+        ) else np.zeros((ids.size, 0, self.dim), dtype=np.float32)
+        return SupportView(v=self.v[ids], present=self.present[ids], c=self.c[ids], r=r)

@@ -1,0 +1,72 @@
+"""Writes bank files and commits them by replacing the manifest last (see app/bank.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from app.bank import MANIFEST, Manifest, QueryInfo
+
+
+# files a build writes (and temporary files of a crashed one); anything else in the folder is left alone
+_OWNED_PREFIXES = ("query_emb-", "resp-", "v-", "c-", "present-", "queries-", "index-", ".")
+
+
+def new_build_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _atomic_write(target: Path, write) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_array(out: Path, name: str, array: np.ndarray) -> str:
+    _atomic_write(out / name, lambda handle: np.save(handle, np.ascontiguousarray(array)))
+    return name
+
+
+def save_queries(out: Path, name: str, queries: list[QueryInfo]) -> str:
+    lines = "".join(json.dumps(q.__dict__, ensure_ascii=False) + "\n" for q in queries)
+    _atomic_write(out / name, lambda handle: handle.write(lines.encode()))
+    return name
+
+
+def save_index(out: Path, name: str, e: np.ndarray) -> str:
+    """Exact inner-product index: on normalised vectors, inner product is cosine similarity."""
+    index = faiss.IndexFlatIP(e.shape[1])
+    index.add(np.ascontiguousarray(e, dtype=np.float32))
+    _atomic_write(out / name, lambda handle: handle.write(faiss.serialize_index(index).tobytes()))
+    return name
+
+
+def commit(out: Path, manifest: Manifest) -> None:
+    """Make the bank current by replacing its manifest, then delete files no manifest names."""
+    payload = manifest.model_dump_json(indent=2).encode()
+    _atomic_write(out / MANIFEST, lambda handle: handle.write(payload))
+    files = manifest.files
+    keep = {MANIFEST, files.query_emb, files.v, files.c, files.present, files.queries, files.index,
+            *files.responses}
+    for path in out.iterdir():
+        if path.is_file() and path.name not in keep and path.name.startswith(_OWNED_PREFIXES):
+            path.unlink()

@@ -1,0 +1,163 @@
+"""From joined records to a bank on disk: embed queries and responses, write, commit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from app.bank import (
+    Bank, BankError, BankFiles, EmbedderInfo, Manifest, QueryInfo, SourceInfo, FORMAT_VERSION,
+    read_manifest,
+)
+from app.embedder import Embedder
+from app.engine import JiSiParams
+from bank_builder import bank_writer
+from bank_builder.records import RecordMatrix
+
+log = logging.getLogger(__name__)
+
+
+def embed_unique(embedder: Embedder, texts: Sequence[str], *, progress: bool) -> np.ndarray:
+    """Embed each distinct text once (models often give identical answers) and scatter back."""
+    unique: dict[str, int] = {}
+    positions = np.fromiter((unique.setdefault(t, len(unique)) for t in texts), dtype=np.int64, count=len(texts))
+    if not unique:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    vectors = embedder.embed(list(unique), progress=progress)
+    return np.asarray(vectors, dtype=np.float32)[positions]
+
+
+def embed_responses(matrix: RecordMatrix, embedder: Embedder, *, progress: bool) -> list[np.ndarray]:
+    """r_ij for every model: N x d per model, zero rows where the record is missing."""
+    rows, cols = np.nonzero(matrix.present)
+    texts = [matrix.responses[i][j] or "" for i, j in zip(rows, cols)]
+    vectors = embed_unique(embedder, texts, progress=progress)
+    out = [np.zeros((len(matrix.queries), embedder.dim), dtype=np.float32) for _ in matrix.models]
+    for j in range(len(matrix.models)):
+        mine = cols == j
+        out[j][rows[mine]] = vectors[mine]
+    return out
+
+
+def _tokens(matrix: RecordMatrix) -> np.ndarray:
+    """c_ij; a record without a token count (rare) counts 0 rather than poisoning every sum with NaN."""
+    return np.nan_to_num(np.where(matrix.present, matrix.completion_tokens, 0.0), nan=0.0).astype(np.float32)
+
+
+def _dataset_counts(datasets: Sequence[str]) -> dict[str, int]:
+    names, counts = np.unique(np.asarray(datasets), return_counts=True)
+    return {str(n): int(c) for n, c in zip(names, counts)}
+
+
+def build_bank(
+    matrix: RecordMatrix,
+    embedder: Embedder,
+    out: str | Path,
+    *,
+    params: JiSiParams,
+    split: dict[str, Any],
+    progress: bool = True,
+) -> Manifest:
+    """Embed every query and response of `matrix` and write a bank at `out` (atomic replace)."""
+    out = Path(out)
+    if not matrix.queries:
+        raise BankError("no records to build a bank from")
+    build_id = bank_writer.new_build_id()
+    e = embed_unique(embedder, matrix.queries, progress=progress)
+    responses = embed_responses(matrix, embedder, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    queries = [QueryInfo(text=q, dataset=d, index=int(i))
+               for q, d, i in zip(matrix.queries, matrix.datasets, matrix.indices)]
+    files = BankFiles(
+        query_emb=bank_writer.save_array(out, f"query_emb-{build_id}.npy", e),
+        responses=[bank_writer.save_array(out, f"resp-{build_id}-{j}.npy", r) for j, r in enumerate(responses)],
+        v=bank_writer.save_array(out, f"v-{build_id}.npy", matrix.score.astype(np.float32)),
+        c=bank_writer.save_array(out, f"c-{build_id}.npy", _tokens(matrix)),
+        present=bank_writer.save_array(out, f"present-{build_id}.npy", matrix.present.astype(bool)),
+        queries=bank_writer.save_queries(out, f"queries-{build_id}.jsonl", queries),
+        index=bank_writer.save_index(out, f"index-{build_id}.faiss", e),
+    )
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        build_id=build_id,
+        created_at=bank_writer.now_iso(),
+        models=list(matrix.models),
+        datasets=_dataset_counts(matrix.datasets),
+        n_queries=len(matrix.queries),
+        n_records=int(matrix.present.sum()),
+        embedder=EmbedderInfo(name=embedder.name, dim=embedder.dim,
+                              max_seq_length=getattr(embedder, "max_seq_length", None)),
+        params=asdict(params),
+        split=split,
+        sources=[SourceInfo(path=p, sha256=h) for p, h in matrix.report.sources.items()],
+        files=files,
+    )
+    bank_writer.commit(out, manifest)
+    return manifest
+
+
+def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, *, progress: bool = True) -> Manifest:
+    """Add new models' records to an existing bank without re-embedding anything already in it.
+
+    Records are matched to bank rows by (dataset, index); bank queries a new model did not answer are
+    masked, and its records for queries outside the bank (e.g. the test split) are ignored and counted.
+    """
+    bank_path = Path(bank_path)
+    old = read_manifest(bank_path)
+    bank = Bank.load(bank_path, embedder_name=embedder.name, dim=embedder.dim)
+    clash = sorted(set(matrix.models) & set(old.models))
+    if clash:
+        raise BankError(f"model(s) already in the bank at {bank_path}: {', '.join(clash)}")
+    row_of = {(q.dataset, q.index): row for row in range(bank.n_queries) for q in [bank.query_info(row)]}
+    src_rows, bank_rows = [], []
+    for i in range(len(matrix.queries)):
+        row = row_of.get((matrix.datasets[i], int(matrix.indices[i])))
+        if row is not None:
+            src_rows.append(i)
+            bank_rows.append(row)
+    if not src_rows:
+        raise BankError("none of the new records matches a query in the bank (check datasets and indices)")
+    ignored = len(matrix.queries) - len(src_rows)
+    if ignored:
+        log.info("add-model: %d record rows are not bank queries (e.g. the test split) and were ignored", ignored)
+
+    sub = matrix.subset(np.asarray(src_rows))
+    n, m_new = bank.n_queries, len(sub.models)
+    placed = lambda values, fill, dtype: _place(np.asarray(values), np.asarray(bank_rows), n, fill, dtype)  # noqa: E731
+    v_new = placed(sub.score, 0.0, np.float32)
+    c_new = placed(_tokens(sub), 0.0, np.float32)
+    present_new = placed(sub.present, False, bool)
+    new_responses = [placed(r, 0.0, np.float32) for r in embed_responses(sub, embedder, progress=progress)]
+
+    build_id = bank_writer.new_build_id()
+    offset = len(old.models)
+    files = old.files.model_copy(update={
+        "responses": old.files.responses + [
+            bank_writer.save_array(bank_path, f"resp-{build_id}-{offset + j}.npy", r)
+            for j, r in enumerate(new_responses)],
+        "v": bank_writer.save_array(bank_path, f"v-{build_id}.npy", np.hstack([bank.v, v_new])),
+        "c": bank_writer.save_array(bank_path, f"c-{build_id}.npy", np.hstack([bank.c, c_new])),
+        "present": bank_writer.save_array(bank_path, f"present-{build_id}.npy",
+                                          np.hstack([bank.present, present_new])),
+    })
+    manifest = old.model_copy(update={
+        "build_id": build_id,
+        "created_at": bank_writer.now_iso(),
+        "models": old.models + list(sub.models),
+        "n_records": old.n_records + int(present_new.sum()),
+        "sources": old.sources + [SourceInfo(path=p, sha256=h) for p, h in matrix.report.sources.items()],
+        "files": files,
+    })
+    bank_writer.commit(bank_path, manifest)
+    return manifest
+
+
+def _place(values: np.ndarray, rows: np.ndarray, n: int, fill: Any, dtype: Any) -> np.ndarray:
+    """Scatter per-record values onto bank rows (N x ...), `fill` elsewhere."""
+    out = np.full((n, *values.shape[1:]), fill, dtype=dtype)
+    out[rows] = values
+    return out

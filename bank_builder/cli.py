@@ -1,0 +1,193 @@
+"""`jisi-bank`: build, extend, inspect and evaluate embedding banks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from app.bank import BankError, read_manifest
+from app.embedder import EmbedderError
+from app.settings import EmbedderSettings, Settings
+
+log = logging.getLogger("jisi-bank")
+
+
+def _csv(values: list[str] | None) -> list[str] | None:
+    """--models a,b --models c -> [a, b, c]."""
+    if not values:
+        return None
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def _add_record_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--records", action="append", required=True, metavar="PATH",
+                        help="records: a results/bench directory, a .tar.gz/.tar.xz archive, or a .jsonl file (repeatable)")
+    parser.add_argument("--datasets", action="append", help="only these datasets (comma-separated, repeatable)")
+    parser.add_argument("--models", action="append", help="only these models (comma-separated, repeatable)")
+    parser.add_argument("--max-queries", type=int, default=None,
+                        help="a seeded random subset of at most this many questions per dataset")
+    parser.add_argument("--keep-latest", action="store_true",
+                        help="on duplicate (dataset, index, model) rows keep the later one instead of failing")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the split and subsets (paper: 42)")
+    parser.add_argument("--train-ratio", type=float, default=0.7, help="train share per dataset (paper: 0.7)")
+
+
+def _add_embedder_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("embedder (defaults from settings: $JISI_CONFIG / JISI_EMBEDDER__*)")
+    group.add_argument("--embedding-backend", choices=["local", "remote"])
+    group.add_argument("--embedding-model", help="model name or path (local) or model id (remote)")
+    group.add_argument("--embedding-url", help="base URL of an OpenAI-compatible /v1/embeddings server")
+    group.add_argument("--device", help="torch device for the local backend, e.g. cpu or cuda")
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--max-seq-length", type=int)
+    group.add_argument("--cache-dir", type=Path, help="embedding cache folder (outside the repository)")
+    group.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+
+
+def embedder_settings(args: argparse.Namespace) -> EmbedderSettings:
+    overrides = {
+        "backend": args.embedding_backend, "model": args.embedding_model, "base_url": args.embedding_url,
+        "device": args.device, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
+        "cache_dir": args.cache_dir,
+    }
+    base = Settings().embedder
+    updated = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if args.no_cache:
+        updated = updated.model_copy(update={"cache_dir": None})
+    return EmbedderSettings.model_validate(updated.model_dump())
+
+
+def _load(args: argparse.Namespace):
+    from bank_builder.records import load_records
+
+    started = time.perf_counter()
+    matrix = load_records(
+        args.records, datasets=_csv(args.datasets), models=_csv(args.models), keep_latest=args.keep_latest,
+        max_queries_per_dataset=args.max_queries, seed=args.seed, progress=True,
+    )
+    print(matrix.report.summary(), file=sys.stderr)
+    print(f"loaded {len(matrix.queries)} queries x {len(matrix.models)} models "
+          f"in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return matrix
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from app.embedder import make_embedder
+    from bank_builder.build import build_bank
+    from bank_builder.split import train_test_split
+
+    started = time.perf_counter()
+    matrix = _load(args)
+    split = {"part": args.split, "seed": args.seed, "train_ratio": args.train_ratio,
+             "max_queries_per_dataset": args.max_queries}
+    if args.split != "all":
+        train, test = train_test_split(matrix.datasets, matrix.indices, seed=args.seed, train_ratio=args.train_ratio)
+        matrix = matrix.subset(train if args.split == "train" else test)
+    embedder = make_embedder(embedder_settings(args))
+    manifest = build_bank(matrix, embedder, args.out, params=Settings().jisi.params(), split=split)
+    print(f"bank {manifest.build_id} written to {args.out}: {manifest.n_queries} queries, "
+          f"{len(manifest.models)} models, {manifest.n_records} records "
+          f"in {time.perf_counter() - started:.1f}s")
+
+
+def cmd_add_model(args: argparse.Namespace) -> None:
+    from app.embedder import make_embedder
+    from bank_builder.build import add_models
+
+    matrix = _load(args)
+    embedder = make_embedder(embedder_settings(args))
+    before = read_manifest(args.bank)
+    manifest = add_models(args.bank, matrix, embedder)
+    added = manifest.models[len(before.models):]
+    print(f"added {', '.join(added)} to {args.bank}: now {len(manifest.models)} models, "
+          f"{manifest.n_records} records (build {manifest.build_id})")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from app.bank import Bank
+
+    bank = Bank.load(args.bank)
+    m = bank.manifest
+    if args.json:
+        print(m.model_dump_json(indent=2))
+        return
+    size = sum(p.stat().st_size for p in Path(args.bank).iterdir() if p.is_file())
+    print(f"bank      {args.bank}  (format {m.format_version}, build {m.build_id}, {m.created_at})")
+    print(f"size      {size / 1e6:.1f} MB on disk")
+    print(f"queries   {m.n_queries}  " + ", ".join(f"{d}: {n}" for d, n in m.datasets.items()))
+    print(f"models    {len(m.models)}  records {m.n_records} "
+          f"({100 * m.n_records / max(1, m.n_queries * len(m.models)):.1f}% of the grid present)")
+    print(f"embedder  {m.embedder.name} (d={m.embedder.dim}, max_seq_length={m.embedder.max_seq_length})")
+    print(f"split     {json.dumps(m.split)}")
+    print(f"params    {json.dumps(m.params)}")
+    print("sources   " + "\n          ".join(f"{s.path} sha256:{s.sha256[:16]}" for s in m.sources))
+    print(f"\n{'model':<40} {'records':>8} {'accuracy':>9} {'mean c':>8}")
+    for j, name in enumerate(m.models):
+        mask = bank.present[:, j]
+        n = int(mask.sum())
+        acc = float(bank.v[mask, j].mean()) if n else float("nan")
+        tokens = float(bank.c[mask, j].mean()) if n else float("nan")
+        print(f"{name:<40} {n:>8} {acc:>9.4f} {tokens:>8.0f}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from bank_builder.evaluate import evaluate
+
+    evaluate(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="jisi-bank", description=__doc__)
+    root.add_argument("-v", "--verbose", action="store_true")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="build a bank from benchmark records")
+    _add_record_options(build)
+    _add_embedder_options(build)
+    build.add_argument("--out", required=True, type=Path, help="bank folder (replaced atomically)")
+    build.add_argument("--split", choices=["all", "train", "test"], default="all",
+                       help="which part of the paper's per-dataset split goes into the bank (default: all)")
+    build.set_defaults(func=cmd_build)
+
+    add = sub.add_parser("add-model", help="add new models' records to a bank without re-embedding the rest")
+    add.add_argument("--bank", required=True, type=Path)
+    _add_record_options(add)
+    _add_embedder_options(add)
+    add.set_defaults(func=cmd_add_model)
+
+    info = sub.add_parser("info", help="print what a bank holds")
+    info.add_argument("bank", type=Path)
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.set_defaults(func=cmd_info)
+
+    ev = sub.add_parser("evaluate", help="replay the test split through the engine and compare with baselines")
+    _add_record_options(ev)
+    _add_embedder_options(ev)
+    ev.add_argument("--out", required=True, type=Path, help="folder for results.json, results.md and plots")
+    ev.add_argument("--prices", type=Path, help="prices file (e.g. ../shared/data/prices.json) for null costs")
+    ev.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a JiSi hyperparameter, e.g. --param k=3 --param t=0.8 (repeatable)")
+    ev.add_argument("--no-plots", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (BankError, EmbedderError, ValueError, FileNotFoundError) as exc:
+        print(f"jisi-bank: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Evaluation figures: accuracy against cost per method, and JiSi's model usage (paper Fig. 6)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+TOP_N = 10  # models shown by name; the rest are one 'other' bar so 50 models stay legible
+OTHER = "other"
+
+
+def plot_accuracy_vs_cost(results: Mapping[str, Any], path: str | Path) -> Path:
+    """Scatter of average accuracy (%) against cost per query, one labelled point per method.
+
+    The x axis is logarithmic when the positive costs span more than 10x; a zero-cost method
+    (all calls unpriced) is then drawn at the smallest positive cost and its label says so.
+    """
+    names = list(results["methods"])
+    cost = np.array([_f(results["methods"][m]["cost_per_query_usd"]) for m in names])
+    acc = np.array([_f(results["methods"][m]["average"]) * 100 for m in names])
+    positive = cost[np.isfinite(cost) & (cost > 0)]
+    log_x = positive.size > 0 and positive.max() / positive.min() > 10
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, x, y in zip(names, cost, acc):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        label = name
+        if log_x and x <= 0:
+            x, label = positive.min(), f"{name} (cost 0/unpriced)"
+        ax.scatter([x], [y], s=40, color="tab:red" if name.startswith("jisi") else "tab:blue")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("cost per query (USD" + (", log scale)" if log_x else ")"))
+    ax.set_ylabel("average accuracy over datasets (%)")
+    ax.set_title("Accuracy vs cost")
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def _f(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _shares(labels: Sequence[str], keep: list[str]) -> np.ndarray:
+    """Share of each kept model (+ 'other' last) among labels."""
+    counts = Counter(m if m in keep else OTHER for m in labels)
+    total = max(sum(counts.values()), 1)
+    return np.array([counts.get(m, 0) / total for m in [*keep, OTHER]])
+
+
+def plot_model_selection(
+    models: Sequence[str],
+    datasets_test: Sequence[str],
+    route_choice: np.ndarray,
+    final_sets: Sequence[np.ndarray],
+    path: str | Path,
+) -> Path:
+    """Paper Fig. 6: per dataset, a stacked bar of JiSi's route choices (left) and of each
+    model's share of final-set memberships (right). The TOP_N most used models overall get a
+    name and a fixed colour in both panels; the rest are grouped as 'other'."""
+    datasets = sorted(set(datasets_test))
+    route_names = [models[int(j)] for j in route_choice]
+    final_names = [[models[int(j)] for j in fs] for fs in final_sets]
+    usage = Counter(route_names) + Counter(m for fs in final_names for m in fs)
+    keep = [m for m, _ in usage.most_common(TOP_N)]
+    labels = keep + [OTHER]
+    colors = [plt.get_cmap("tab10")(i % 10) for i in range(len(keep))] + [(0.75, 0.75, 0.75, 1.0)]
+
+    rows = {ds: [q for q, d in enumerate(datasets_test) if d == ds] for ds in datasets}
+    shape = (len(datasets), len(labels))
+    panels = [
+        np.array([_shares([route_names[q] for q in rows[ds]], keep) for ds in datasets]).reshape(shape),
+        np.array([_shares([m for q in rows[ds] for m in final_names[q]], keep) for ds in datasets]).reshape(shape),
+    ]
+
+    height = max(2.5, 0.45 * len(datasets) + 1.8)
+    fig, axes = plt.subplots(1, 2, figsize=(13, height), sharey=True)
+    titles = ("route choice (router-only top-1 of g^f)", "share in final sets F")
+    for ax, data, title in zip(axes, panels, titles):
+        left = np.zeros(len(datasets))
+        for i, (label, color) in enumerate(zip(labels, colors)):
+            ax.barh(datasets, data[:, i] * 100, left=left, color=color, label=label, edgecolor="white")
+            left += data[:, i] * 100
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("% of queries" if ax is axes[0] else "% of final-set members")
+        ax.set_title(title, fontsize=10)
+    axes[0].invert_yaxis()  # datasets read top to bottom in alphabetical order
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(labels), 4), fontsize=8,
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.08 + 0.03 * (len(labels) // 4), 1, 1))
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)  # the evaluator may draw many figures in one process
+    return out

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real benchmark data beside the repository, and a small real bank built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("JISI_SHARED_DATA", REPO.parent / "shared" / "data"))
+MINI_BENCH = SHARED_DATA / "mini-bench.tar.gz"
+PRICES = SHARED_DATA / "prices.json"
+
+
+@pytest.fixture(scope="session")
+def mini_bench() -> Path:
+    if not MINI_BENCH.is_file():
+        pytest.fail(f"benchmark data not found at {MINI_BENCH} (set JISI_SHARED_DATA)")
+    return MINI_BENCH
+
+
+@pytest.fixture(scope="session")
+def embedding_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The user's embedding cache when JISI_TEST_CACHE is set (fast reruns), else a fresh one."""
+    configured = os.environ.get("JISI_TEST_CACHE")
+    return Path(configured) if configured else tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture(scope="session")
+def minilm(embedding_cache_dir: Path):
+    """The packaged MiniLM behind a cache: the real default embedder, loaded once per session."""
+    from app.embedder import make_embedder
+    from app.settings import EmbedderSettings
+
+    return make_embedder(EmbedderSettings(cache_dir=embedding_cache_dir))
+
+
+@pytest.fixture(scope="session")
+def mini_bank(tmp_path_factory: pytest.TempPathFactory, mini_bench: Path, minilm) -> Path:
+    """A real bank: 20 mini-bench questions per dataset x 8 models, embedded with MiniLM."""
+    from app.engine import JiSiParams
+    from bank_builder.build import build_bank
+    from bank_builder.records import load_records
+
+    matrix = load_records([mini_bench], max_queries_per_dataset=20, seed=42)
+    out = tmp_path_factory.mktemp("bank") / "mini"
+    build_bank(matrix, minilm, out, params=JiSiParams(), split={"part": "all", "seed": 42}, progress=False)
+    return out
