@@ -141,6 +141,36 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate(args)
 
 
+def cmd_collect(args: argparse.Namespace) -> None:
+    from bank_builder.collect import run_cli
+
+    run_cli(args)
+
+
+def _add_collect_parser(sub: argparse._SubParsersAction) -> None:
+    co = sub.add_parser("collect", help="ask configured upstreams a question set and write LLMRouterBench records")
+    co.add_argument("--questions", action="append", required=True, type=Path, metavar="PATH",
+                    help="questions JSONL ({dataset, index, query, ground_truth, kind?} per line) or any records "
+                         "source (directory, archive, records .jsonl); repeatable")
+    co.add_argument("--out", required=True, type=Path, help="folder receiving results/bench/... files")
+    co.add_argument("--config", type=Path, help="settings YAML with the upstreams (default: $JISI_CONFIG)")
+    co.add_argument("--upstreams", action="append", help="only these upstreams (comma-separated, repeatable)")
+    co.add_argument("--datasets", action="append", help="only these datasets (comma-separated, repeatable)")
+    co.add_argument("--max-queries", type=int, help="a seeded random subset of at most N questions per dataset")
+    co.add_argument("--seed", type=int, default=42, help="seed of the --max-queries subset (default 42)")
+    co.add_argument("--max-tokens", type=int, default=512)
+    co.add_argument("--temperature", type=float, default=0.0)
+    co.add_argument("--concurrency", type=int, help="in-flight requests per upstream (default: its max_concurrency)")
+    co.add_argument("--retries", type=int, default=3, help="retries on connection errors, timeouts, 429 and 5xx")
+    co.add_argument("--scorer", action="append", metavar="DATASET=KIND",
+                    help="scorer for a dataset: numeric, choice, exact or module:function (repeatable)")
+    co.add_argument("--prompt-template", help="prompt with {query} and {instruction} (default: both, blank line)")
+    co.add_argument("--split", default="test", help="split name in the written files (default test)")
+    co.add_argument("--cache", type=Path, help="answer cache (default: OUT/.collect-cache.jsonl)")
+    co.add_argument("--no-progress", action="store_true", help="no progress bar and summary table")
+    co.set_defaults(func=cmd_collect)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="jisi-bank", description=__doc__)
     root.add_argument("-v", "--verbose", action="store_true")
@@ -174,6 +204,8 @@ def parser() -> argparse.ArgumentParser:
                     help="override a JiSi hyperparameter, e.g. --param k=3 --param t=0.8 (repeatable)")
     ev.add_argument("--no-plots", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    _add_collect_parser(sub)
     return root
 
 
