@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -74,6 +74,10 @@ class UpstreamSettings(BaseModel):
     output_usd_per_mtok: float = Field(0.0, ge=0)
     timeout_s: float = Field(120.0, gt=0)
     max_concurrency: int = Field(16, ge=1)
+    # a system prompt put before the conversation, and request fields used when the request leaves them
+    # out (e.g. {"temperature": 0.2}): one served model can back several differently-behaving upstreams
+    system_prompt: str | None = None
+    defaults: dict[str, Any] = {}
 
     @property
     def upstream_model(self) -> str:

