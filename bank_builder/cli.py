@@ -159,7 +159,8 @@ def _add_collect_parser(sub: argparse._SubParsersAction) -> None:
     co.add_argument("--max-queries", type=int, help="a seeded random subset of at most N questions per dataset")
     co.add_argument("--seed", type=int, default=42, help="seed of the --max-queries subset (default 42)")
     co.add_argument("--max-tokens", type=int, default=512)
-    co.add_argument("--temperature", type=float, default=0.0)
+    co.add_argument("--temperature", type=float, default=None,
+                    help="sampling temperature (default: each upstream's configured default, else the server's)")
     co.add_argument("--concurrency", type=int, help="in-flight requests per upstream (default: its max_concurrency)")
     co.add_argument("--retries", type=int, default=3, help="retries on connection errors, timeouts, 429 and 5xx")
     co.add_argument("--scorer", action="append", metavar="DATASET=KIND",

@@ -57,7 +57,7 @@ class Question:
 class CollectOptions:
     prompt_template: str = DEFAULT_TEMPLATE  # fields: {query} {instruction} {dataset} {index}
     max_tokens: int | None = 512
-    temperature: float | None = 0.0
+    temperature: float | None = None  # None: the upstream's configured default (UpstreamSettings.defaults)
     concurrency: int | None = None  # per upstream; None = its max_concurrency
     retries: int = 3
     backoff_s: float = 1.0

@@ -36,7 +36,9 @@ def minilm(embedding_cache_dir: Path):
     from app.embedder import make_embedder
     from app.settings import EmbedderSettings
 
-    return make_embedder(EmbedderSettings(cache_dir=embedding_cache_dir))
+    embedder = make_embedder(EmbedderSettings(cache_dir=embedding_cache_dir))
+    yield embedder
+    embedder.close()  # writes what the cache still holds in memory, so JISI_TEST_CACHE reruns reuse it
 
 
 @pytest.fixture(scope="session")

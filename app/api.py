@@ -1,0 +1,83 @@
+"""HTTP routes: thin translations between the wire protocol and the gateway service."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from app.errors import APIError
+from app.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList, RouteRequest
+
+router = APIRouter()
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 502, 504)}
+
+
+def request_id(request: Request) -> str:
+    supplied = request.headers.get("x-request-id", "")
+    return supplied[:128] if supplied.isprintable() and supplied else uuid.uuid4().hex
+
+
+def authorize(request: Request) -> None:
+    """Bearer keys from settings; none configured means no auth. Compared in constant time."""
+    keys: list[bytes] = request.app.state.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    presented = token.strip().encode()
+    # compare with every key so the time taken does not tell which (or whether any) matched
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    if scheme.lower() != "bearer" or not matched:
+        raise APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                       "authentication_error", code="invalid_api_key")
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS,
+             dependencies=[Depends(authorize)])
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    gateway = request.app.state.gateway
+    rid = request_id(request)
+    if body.stream:
+        stream = await gateway.chat_stream(body, rid)
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={"x-request-id": rid, "cache-control": "no-cache"})
+    result, headers = await gateway.chat(body, rid)
+    return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
+
+
+@router.get("/v1/models", response_model=ModelList, dependencies=[Depends(authorize)])
+async def list_models(request: Request) -> ModelList:
+    return request.app.state.gateway.models()
+
+
+@router.post("/v1/jisi/route", responses=ERRORS, dependencies=[Depends(authorize)])
+async def dry_run(body: RouteRequest, request: Request) -> dict:
+    return await request.app.state.gateway.route(body)
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
+    ready = getattr(state, "gateway", None) is not None
+    body = {"status": "ready" if ready else "loading"}
+    if ready:
+        manifest = state.gateway.pipeline.bank.manifest
+        body |= {"bank": {"build_id": manifest.build_id, "queries": manifest.n_queries,
+                          "models": len(manifest.models)},
+                 "embedder": state.gateway.pipeline.embedder.name}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,127 @@
+"""App factory, lifespan (settings, bank, embedder and the HTTP client loaded once) and `jisi-gateway`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import httpx
+from fastapi import FastAPI
+
+from app.api import router
+from app.bank import Bank
+from app.body_limit import BodySizeLimit
+from app.embedder import Embedder, make_embedder
+from app.embedding_service import AsyncEmbedder
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.pipeline import Pipeline
+from app.service import Gateway
+from app.settings import Settings
+from app.upstream import UpstreamPool
+
+log = logging.getLogger("jisi.gateway")
+
+
+class ConfigError(RuntimeError):
+    """The settings do not fit together; the message lists every problem at once."""
+
+
+def validate(settings: Settings, bank: Bank) -> None:
+    problems = []
+    configured = {u.name for u in settings.upstreams}
+    unknown = sorted(configured - set(bank.models))
+    if unknown:
+        problems.append(f"upstream(s) not in the bank at {settings.bank_path}: {', '.join(unknown)} "
+                        f"(the bank knows: {', '.join(bank.models)})")
+    unserved = [m for m in bank.models if m not in configured]
+    if unserved and not settings.allow_unserved_models:
+        problems.append(f"bank model(s) with no upstream: {', '.join(unserved)} (configure them, or set "
+                        "allow_unserved_models: true to leave them out of routing)")
+    for u in settings.upstreams:
+        if u.api_key_env and not os.environ.get(u.api_key_env):
+            problems.append(f"upstream {u.name}: environment variable {u.api_key_env} (its API key) is not set")
+    if settings.auth.api_keys_env and not api_keys(settings):  # set but only commas/blanks would mean no auth
+        problems.append(f"auth: environment variable {settings.auth.api_keys_env} (the gateway's keys) is not set")
+    if not settings.upstreams:
+        problems.append("no upstreams configured")
+    if problems:
+        raise ConfigError("invalid gateway configuration:\n  - " + "\n  - ".join(problems))
+
+
+def api_keys(settings: Settings) -> list[bytes]:
+    if not settings.auth.api_keys_env:
+        return []
+    raw = os.environ.get(settings.auth.api_keys_env, "")
+    return [key.strip().encode() for key in raw.split(",") if key.strip()]
+
+
+def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None,
+               transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The ASGI app. Tests inject an embedder or an httpx transport; production loads both from settings."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # no disk cache on the request path: user text is not persisted, and live texts rarely repeat
+        model = embedder or make_embedder(settings.embedder, use_cache=False)
+        bank = Bank.load(settings.bank_path, embedder_name=model.name, dim=model.dim)
+        validate(settings, bank)
+        async_embedder = AsyncEmbedder(model)
+        limits = httpx.Limits(max_connections=sum(u.max_concurrency for u in settings.upstreams) + 16,
+                              max_keepalive_connections=64)
+        async with httpx.AsyncClient(transport=transport, limits=limits) as client:
+            pool = UpstreamPool(settings.upstreams, client)
+            pipeline = Pipeline(bank, async_embedder, pool, settings.jisi.params(),
+                                embed_system_prompt=settings.embed_system_prompt)
+            app.state.api_keys = api_keys(settings)
+            app.state.gateway = Gateway(pipeline, pool, app.state.metrics)
+            log.info("ready: bank %s (%d queries, %d models), embedder %s", settings.bank_path,
+                     bank.n_queries, len(bank.models), model.name)
+            try:
+                yield
+            finally:
+                app.state.gateway = None
+                async_embedder.close()
+
+    app = FastAPI(title="JiSi Gateway", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible gateway that routes and aggregates LLMs with JiSi")
+    app.state.metrics = Metrics()
+    app.state.api_keys = []
+    app.state.gateway = None
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def run(argv: list[str] | None = None) -> None:
+    """`jisi-gateway --host H --port P`."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="jisi-gateway", description="Serve the JiSi gateway")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic's message names every bad field
+        sys.exit(f"jisi-gateway: invalid settings: {exc}")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+
+
+def app_from_env() -> FastAPI:
+    """For `uvicorn app.main:app`-style launches (the module attribute is built lazily)."""
+    return create_app()
+
+
+def __getattr__(name: str) -> FastAPI:
+    if name == "app":
+        return app_from_env()
+    raise AttributeError(name)

@@ -1,0 +1,313 @@
+"""The real `openai` package (sync, async, streaming) against the gateway served by uvicorn on loopback, whose
+upstreams are a tiny real OpenAI-compatible server on loopback too (its streams carry no usage)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.main import create_app
+from gateway_helpers import bank_models, is_aggregation, make_settings  # noqa: F401  (fixture)
+
+QUESTION = "Tom reads 20 pages a day. How many pages does he read in a week?"
+SLOW_MARK = "[please take your time]"
+SLOW_MODEL = "Qwen2-7B-Instruct"  # pass-through to it times out (its upstream timeout is 0.3 s)
+BROKEN_MODEL = "claude-3-haiku-20240307"  # its streams break after two chunks
+
+
+def answer(model: str) -> str:
+    return f"Upstream {model} says: he reads 140 pages in a week."
+
+
+def aggregate_answer(model: str) -> str:
+    return f"Aggregator {model} concludes: 140 pages."
+
+
+def pieces(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+
+
+def fake_upstream_app(models: list[str], calls: list[dict[str, Any]]) -> FastAPI:
+    """A minimal OpenAI-compatible server for every bank model at /m<i>/v1/chat/completions."""
+    app = FastAPI()
+
+    @app.post("/m{i}/v1/chat/completions")
+    async def chat(i: int, request: Request):
+        body = await request.json()
+        model = body["model"]
+        assert model == models[i], (model, i)  # the gateway used this model's own base_url
+        aggregation = is_aggregation(body)
+        calls.append({"model": model, "aggregation": aggregation, "stream": bool(body.get("stream")), "body": body})
+        user_text = " ".join(m.get("content") or "" for m in body["messages"] if m["role"] == "user")
+        if SLOW_MARK in user_text:
+            await asyncio.sleep(0.4)
+        if model == SLOW_MODEL and not aggregation:
+            await asyncio.sleep(1.0)
+        text = aggregate_answer(model) if aggregation else answer(model)
+        if not body.get("stream"):
+            prompt, completion = 40 + i, 10 + i
+            return JSONResponse({
+                "id": f"up-{i}", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                          "total_tokens": prompt + completion},
+            })
+
+        async def events():
+            def chunk(delta, finish=None):
+                data = {"id": f"up-{i}", "object": "chat.completion.chunk", "created": 1, "model": model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                return f"data: {json.dumps(data)}\n\n"
+
+            yield chunk({"role": "assistant", "content": ""})
+            for n, piece in enumerate(pieces(text)):
+                if model == BROKEN_MODEL and n == 2:
+                    raise RuntimeError("fake upstream crashed mid-stream")
+                yield chunk({"content": piece})
+                await asyncio.sleep(0.001)
+            yield chunk({}, "stop")
+            yield "data: [DONE]\n\n"  # no usage, even though the gateway asks for it
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+@contextmanager
+def serve(app, log_level: str = "warning") -> Iterator[tuple[str, uvicorn.Server]]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a background thread."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start (see the log above)")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def upstream_calls() -> list[dict[str, Any]]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def gateway_url(mini_bank, bank_models, minilm, tmp_path_factory, upstream_calls):
+    with serve(fake_upstream_app(bank_models, upstream_calls), log_level="critical") as (upstream_url, _):
+        settings = make_settings(mini_bank, bank_models, tmp_path_factory.mktemp("sdk-cache"))
+        upstreams = []
+        for i, u in enumerate(settings.upstreams):
+            update = {"base_url": f"{upstream_url}/m{i}/v1"}
+            if u.name == SLOW_MODEL:
+                update["timeout_s"] = 0.3
+            upstreams.append(u.model_copy(update=update))
+        app = create_app(settings.model_copy(update={"upstreams": upstreams}), embedder=minilm)
+        with serve(app) as (url, _):
+            app.state.gateway.keepalive_s = 0.05
+            yield url
+
+
+@pytest.fixture
+def client(gateway_url, upstream_calls) -> openai.OpenAI:
+    upstream_calls.clear()
+    with openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="x", max_retries=0, timeout=30) as c:
+        yield c
+
+
+def jisi_of(obj) -> dict[str, Any]:
+    extra = obj.model_extra["jisi"]
+    assert extra == obj.to_dict()["jisi"]
+    return extra
+
+
+def user(text: str = QUESTION) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+# ------------------------------------------------------------------------------------------------
+# sync
+# ------------------------------------------------------------------------------------------------
+
+
+def test_sync_virtual_models(client, bank_models, upstream_calls):
+    for model in ("jisi", "jisi-route", "jisi-aggregate"):
+        upstream_calls.clear()
+        completion = client.chat.completions.create(model=model, messages=user())
+        info = jisi_of(completion)
+        assert completion.object == "chat.completion"
+        assert completion.choices[0].finish_reason == "stop"
+        assert completion.model == info["answered_by"]
+        if info["mode"] == "aggregate":
+            assert completion.choices[0].message.content == aggregate_answer(info["aggregator"])
+            assert completion.model == info["aggregator"]
+        else:
+            assert completion.choices[0].message.content == answer(info["final"][0])
+        assert {"jisi-route": "route", "jisi-aggregate": "aggregate"}.get(model, info["mode"]) == info["mode"]
+        # usage sums every upstream call, which the upstream server saw
+        calls = info["calls"]
+        assert len(calls) == len(upstream_calls)
+        assert completion.usage.total_tokens == sum(c["usage"]["total_tokens"] for c in calls)
+        assert completion.usage.prompt_tokens == sum(c["usage"]["prompt_tokens"] for c in calls)
+        assert completion.usage.completion_tokens == sum(c["usage"]["completion_tokens"] for c in calls)
+        assert completion.usage.total_tokens == sum(
+            40 + bank_models.index(c["model"]) + 10 + bank_models.index(c["model"]) for c in calls)
+
+
+def test_sync_passthrough_and_headers(client, bank_models, upstream_calls):
+    model = bank_models[1]
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=user(), temperature=0.5)
+    completion = raw.parse()
+    assert completion.model == model
+    assert completion.choices[0].message.content == answer(model)
+    assert completion.usage.total_tokens == 40 + 1 + 10 + 1
+    assert raw.headers["x-jisi-mode"] == "passthrough" and raw.headers["x-jisi-models"] == model
+    assert raw.headers["x-jisi-upstream-calls"] == "1"
+    assert float(raw.headers["x-jisi-cost-usd"]) == pytest.approx((41 * 1.5 + 11 * 5.0) / 1e6, abs=1e-8)
+    assert raw.headers["x-request-id"]
+    assert [(c["model"], c["body"]["temperature"]) for c in upstream_calls] == [(model, 0.5)]
+
+
+def test_sync_extra_body_overrides_reach_the_gateway(client, upstream_calls):
+    completion = client.chat.completions.create(model="jisi", messages=user(),
+                                                extra_body={"jisi": {"k": 2, "mode": "aggregate"}})
+    info = jisi_of(completion)
+    assert info["requested_mode"] == "aggregate" and info["mode"] == "aggregate"
+    assert len(info["candidates"]) == 2 and len(info["final"]) == 2
+    assert "jisi" not in upstream_calls[0]["body"]  # never forwarded upstream
+    (agg,) = [c for c in upstream_calls if c["aggregation"]]
+    system = agg["body"]["messages"][0]["content"]
+    assert all(answer(m) in system for m in info["final"])
+
+
+def test_sync_errors_raise_the_sdk_exceptions(client, upstream_calls):
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.chat.completions.create(model="no-such-model", messages=user())
+    assert not_found.value.status_code == 404 and not_found.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="jisi", messages=user(), extra_body={"jisi": {"t": 2}})
+    assert bad.value.param == "jisi.t"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="jisi", messages=user(), n=2)
+    with pytest.raises(openai.InternalServerError) as timeout:  # pass-through upstream timed out
+        client.chat.completions.create(model=SLOW_MODEL, messages=user())
+    assert timeout.value.status_code == 504 and timeout.value.code == "upstream_timeout"
+    assert [c["model"] for c in upstream_calls] == [SLOW_MODEL]
+
+
+# ------------------------------------------------------------------------------------------------
+# streaming
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["jisi-route", "jisi-aggregate", "passthrough"])
+def test_sync_streaming_with_usage(client, bank_models, upstream_calls, model):
+    model = bank_models[0] if model == "passthrough" else model
+    stream = client.chat.completions.create(model=model, messages=user(), stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert all(c.usage is None for c in chunks[:-1])
+    info = jisi_of(last)
+    assert last.usage.total_tokens == sum(c["usage"]["total_tokens"] for c in info["calls"])
+    assert len(info["calls"]) == len(upstream_calls)
+    if model == "jisi-aggregate":
+        assert info["mode"] == "aggregate" and text == aggregate_answer(info["aggregator"])
+        agg = info["calls"][-1]
+        # the aggregator streamed without usage: counted, one token per content chunk
+        assert agg["usage_estimated"] is True
+        assert agg["usage"]["completion_tokens"] == len(pieces(aggregate_answer(info["aggregator"])))
+    elif model == "jisi-route":
+        assert info["mode"] == "route" and text == answer(info["final"][0])
+        assert all(not c["stream"] for c in upstream_calls)
+    else:
+        assert info["mode"] == "passthrough" and text == answer(model)
+        assert info["calls"][0]["usage_estimated"] is True and upstream_calls[0]["stream"] is True
+        assert last.usage.completion_tokens == len(pieces(answer(model)))
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == ["stop"]
+
+
+def test_sync_streaming_without_usage_and_with_keepalives(client, gateway_url):
+    stream = client.chat.completions.create(model="jisi-route", messages=user(f"{QUESTION} {SLOW_MARK}"),
+                                            stream=True)
+    chunks = list(stream)
+    assert all(c.usage is None for c in chunks)
+    info = jisi_of(chunks[-1])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer(info["final"][0])
+    # over real HTTP the keep-alive comments are there (and the SDK above skipped them)
+    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", timeout=30,
+                      json={"model": "jisi-route", "stream": True,
+                            "messages": user(f"{QUESTION} {SLOW_MARK}")}) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert ": keep-alive" in lines[:lines.index(next(l for l in lines if l.startswith("data:")))]
+    assert lines[-1] == "data: [DONE]"
+
+
+def test_sync_stream_failing_midway_raises_in_the_sdk(client):
+    stream = client.chat.completions.create(model=BROKEN_MODEL, messages=user(), stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as raised:
+        for chunk in stream:
+            received.append(chunk)
+    assert "upstream" in str(raised.value.message)
+    assert "".join(c.choices[0].delta.content or "" for c in received if c.choices) == "".join(
+        pieces(answer(BROKEN_MODEL))[:2])
+
+
+# ------------------------------------------------------------------------------------------------
+# async
+# ------------------------------------------------------------------------------------------------
+
+
+def test_async_client_concurrent_requests_and_streaming(gateway_url, bank_models):
+    async def main():
+        async with openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="x", max_retries=0, timeout=30) as c:
+            route, aggregate, passthrough = await asyncio.gather(
+                c.chat.completions.create(model="jisi-route", messages=user()),
+                c.chat.completions.create(model="jisi-aggregate", messages=user()),
+                c.chat.completions.create(model=bank_models[3], messages=user()),
+            )
+            stream = await c.chat.completions.create(model="jisi", messages=user(), stream=True,
+                                                     stream_options={"include_usage": True},
+                                                     extra_body={"jisi": {"mode": "aggregate"}})
+            chunks = [chunk async for chunk in stream]
+            with pytest.raises(openai.NotFoundError):
+                await c.chat.completions.create(model="jisi-fastest", messages=user())
+        return route, aggregate, passthrough, chunks
+
+    route, aggregate, passthrough, chunks = asyncio.run(main())
+    assert route.choices[0].message.content == answer(jisi_of(route)["final"][0])
+    assert aggregate.choices[0].message.content == aggregate_answer(jisi_of(aggregate)["aggregator"])
+    assert passthrough.choices[0].message.content == answer(bank_models[3])
+    for completion in (route, aggregate, passthrough):
+        assert completion.usage.total_tokens == sum(c["usage"]["total_tokens"] for c in jisi_of(completion)["calls"])
+    info = jisi_of(chunks[-1])
+    assert info["mode"] == "aggregate" and info["requested_mode"] == "aggregate"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == aggregate_answer(info["aggregator"])
+    assert chunks[-1].usage.total_tokens == sum(c["usage"]["total_tokens"] for c in info["calls"])
