@@ -577,3 +577,25 @@ async def test_cost_cap_picks_the_best_model_that_fits(mini_bank, bank_models, m
     assert r.status_code == 200, r.text
     assert r.json()["model"] == expected != top
     assert [c.model for c in fake.calls] == [expected]
+
+
+async def test_metrics_count_requests_modes_tokens_cost_and_errors(settings, fake, minilm, bank_models):
+    fake.behaviour[bank_models[1]] = Behaviour(status=500)
+    async with running_gateway(settings, minilm, fake) as (app, client):
+        routed = (await post(client, chat_body("jisi", QUESTION, jisi={"mode": "route"}))).json()
+        passed = (await post(client, chat_body(bank_models[0], QUESTION))).json()
+        failed = await post(client, chat_body(bank_models[1], QUESTION))
+        text = (await client.get("/metrics")).text
+    assert failed.status_code == 502
+    assert 'jisi_requests_total{mode="route",model="jisi",status="ok"} 1.0' in text
+    assert f'jisi_requests_total{{mode="passthrough",model="{bank_models[0]}",status="ok"}} 1.0' in text
+    assert f'jisi_requests_total{{mode="none",model="{bank_models[1]}",status="error"}} 1.0' in text
+    assert 'jisi_switch_decisions_total{outcome="route"} 1.0' in text
+    assert f'jisi_upstream_errors_total{{kind="http_500",upstream="{bank_models[1]}"}} 1.0' in text
+    for phase in ("embed_query", "search", "embed_responses", "decide"):  # the JiSi request only
+        assert f'jisi_phase_seconds_count{{phase="{phase}"}} 1.0' in text
+    assert 'jisi_phase_seconds_count{phase="fanout"} 2.0' in text  # ... and the successful pass-through
+    cost = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("jisi_cost_usd_total{"))
+    assert cost == pytest.approx(routed["jisi"]["total_cost_usd"] + passed["jisi"]["total_cost_usd"])
+    tokens = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("jisi_tokens_total{"))
+    assert tokens == routed["usage"]["total_tokens"] + passed["usage"]["total_tokens"]
