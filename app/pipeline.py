@@ -171,22 +171,9 @@ class Pipeline:
         if not budget.fits(sum(estimate[j] for j in candidates)):
             return await self._single_model(planned, estimate, budget, body, trace)
 
-        results = await asyncio.gather(*(self.pool.complete(models[j], body, "candidate") for j in candidates),
-                                       return_exceptions=True)
-        t = trace.phase("fanout", t)
         answered: dict[int, CallResult] = {}
-        failed: set[int] = set()
-        for j, result in zip(candidates, results):
-            if isinstance(result, UpstreamError):
-                failed.add(j)
-                trace.errors.append(result.summary())
-                trace.degraded.append(f"candidate {models[j]} failed")
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                answered[j] = result
-                trace.calls.append(result)
-                budget.spend(result.cost_usd)
+        failed = await self._call_all(candidates, "candidate", body, answered, budget, trace)
+        t = trace.phase("fanout", t)
         if not answered:
             raise APIError(502, "every candidate upstream failed: " + "; ".join(
                 f"{e['model']}: {e['message']}" for e in trace.errors), "upstream_error",
@@ -209,18 +196,7 @@ class Pipeline:
         if len(affordable) < len(missing):
             trace.degraded.append("cost cap: skipped final-set models not yet called")
         if affordable:
-            extra = await asyncio.gather(*(self.pool.complete(models[j], body, "final") for j in affordable),
-                                         return_exceptions=True)
-            for j, result in zip(affordable, extra):
-                if isinstance(result, UpstreamError):
-                    trace.errors.append(result.summary())
-                    trace.degraded.append(f"final-set model {models[j]} failed")
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    answered[j] = result
-                    trace.calls.append(result)
-                    budget.spend(result.cost_usd)
+            await self._call_all(affordable, "final", body, answered, budget, trace)
             t = trace.phase("finals", t)
         final = [j for j in final if j in answered]
         if not final:  # every final-set model failed or was unaffordable: the best answered candidate
@@ -273,6 +249,26 @@ class Pipeline:
         return prepared.fallback
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    async def _call_all(self, models: list[int], role: str, body: dict[str, Any], answered: dict[int, CallResult],
+                        budget: Budget, trace: Trace) -> set[int]:
+        """Call these models concurrently; record answers in `answered`, failures in the trace (degraded)."""
+        names = self.bank.models
+        results = await asyncio.gather(*(self.pool.complete(names[j], body, role) for j in models),
+                                       return_exceptions=True)
+        failed: set[int] = set()
+        for j, result in zip(models, results):
+            if isinstance(result, UpstreamError):
+                failed.add(j)
+                trace.errors.append(result.summary())
+                trace.degraded.append(f"{role} {names[j]} failed")
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answered[j] = result
+                trace.calls.append(result)
+                budget.spend(result.cost_usd)
+        return failed
 
     def _expected_completion_tokens(self, support_ids: np.ndarray) -> np.ndarray:
         """Per model, the mean completion tokens over the support set: the cost cap's forecast."""

@@ -8,6 +8,7 @@ import secrets
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import faiss
 import numpy as np
@@ -27,7 +28,8 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _atomic_write(target: Path, write) -> None:
+def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write via a temporary file in the same folder, synced, then renamed over `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -42,13 +44,13 @@ def _atomic_write(target: Path, write) -> None:
 
 
 def save_array(out: Path, name: str, array: np.ndarray) -> str:
-    _atomic_write(out / name, lambda handle: np.save(handle, np.ascontiguousarray(array)))
+    atomic_write(out / name, lambda handle: np.save(handle, np.ascontiguousarray(array)))
     return name
 
 
 def save_queries(out: Path, name: str, queries: list[QueryInfo]) -> str:
     lines = "".join(json.dumps(q.__dict__, ensure_ascii=False) + "\n" for q in queries)
-    _atomic_write(out / name, lambda handle: handle.write(lines.encode()))
+    atomic_write(out / name, lambda handle: handle.write(lines.encode()))
     return name
 
 
@@ -56,14 +58,14 @@ def save_index(out: Path, name: str, e: np.ndarray) -> str:
     """Exact inner-product index: on normalised vectors, inner product is cosine similarity."""
     index = faiss.IndexFlatIP(e.shape[1])
     index.add(np.ascontiguousarray(e, dtype=np.float32))
-    _atomic_write(out / name, lambda handle: handle.write(faiss.serialize_index(index).tobytes()))
+    atomic_write(out / name, lambda handle: handle.write(faiss.serialize_index(index).tobytes()))
     return name
 
 
 def commit(out: Path, manifest: Manifest) -> None:
     """Make the bank current by replacing its manifest, then delete files no manifest names."""
     payload = manifest.model_dump_json(indent=2).encode()
-    _atomic_write(out / MANIFEST, lambda handle: handle.write(payload))
+    atomic_write(out / MANIFEST, lambda handle: handle.write(payload))
     files = manifest.files
     keep = {MANIFEST, files.query_emb, files.v, files.c, files.present, files.queries, files.index,
             *files.responses}

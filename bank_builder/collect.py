@@ -16,7 +16,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from app.pricing import estimate_cost_usd
 from app.settings import Settings, UpstreamSettings
 from app.upstream import CallResult, UpstreamError, UpstreamPool
 from bank_builder import scorers
+from bank_builder.bank_writer import atomic_write
 from bank_builder.records import RecordError, _subsample, iter_records
 
 INSTRUCTIONS = {
@@ -352,16 +352,8 @@ def write_results(docs: list[dict[str, Any]], out: Path) -> list[Path]:
         folder = Path(out) / "results" / "bench" / dataset / split / model
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{dataset}-{split}-{model}-{stamp}.json"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, ensure_ascii=False, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        payload = json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8")
+        atomic_write(target, lambda handle: handle.write(payload))
         older = re.compile(rf"{re.escape(dataset)}-{re.escape(split)}-{re.escape(model)}-\d{{8}}_\d{{6}}\.json")
         for p in folder.iterdir():
             if p != target and older.fullmatch(p.name):
