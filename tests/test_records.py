@@ -13,13 +13,14 @@ import pytest
 
 from bank_builder.records import Record, RecordError, iter_records, load_records
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MINI = DATA / "mini-bench.tar.gz"
+from tests.conftest import MINI_BENCH as MINI
+
 MINI_MODELS = sorted([
     "gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "claude-3-5-sonnet-20240620", "claude-3-haiku-20240307",
     "gemini-1_5-flash", "Meta-Llama-3_1-70B-Instruct", "Meta-Llama-3_1-8B-Instruct", "Qwen2-7B-Instruct",
 ])
-needs_mini = pytest.mark.skipif(not MINI.exists(), reason=f"{MINI} not available")
+# the real data must be there (CI has ../shared beside the repository): a missing file fails, never skips
+needs_mini = pytest.mark.usefixtures("mini_bench")
 
 
 # ---------------------------------------------------------------- fixture helpers
