@@ -193,7 +193,7 @@ class Bank:
         sorted_ids = ids[order]
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
-        r = np.stack([np.asarray(self.r[j][sorted_ids])[inverse] for j in live_models], axis=1) if len(
-            live_models
-        ) else np.zeros((ids.size, 0, self.dim), dtype=np.float32)
+        r = np.zeros((ids.size, len(live_models), self.dim), dtype=np.float32)
+        for k, j in enumerate(live_models):
+            r[:, k] = self.r[j][sorted_ids][inverse]
         return SupportView(v=self.v[ids], present=self.present[ids], c=self.c[ids], r=r)

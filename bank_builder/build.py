@@ -112,7 +112,8 @@ def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, 
     clash = sorted(set(matrix.models) & set(old.models))
     if clash:
         raise BankError(f"model(s) already in the bank at {bank_path}: {', '.join(clash)}")
-    row_of = {(q.dataset, q.index): row for row in range(bank.n_queries) for q in [bank.query_info(row)]}
+    infos = (bank.query_info(row) for row in range(bank.n_queries))
+    row_of = {(q.dataset, q.index): row for row, q in enumerate(infos)}
     src_rows, bank_rows = [], []
     for i in range(len(matrix.queries)):
         row = row_of.get((matrix.datasets[i], int(matrix.indices[i])))
@@ -126,12 +127,11 @@ def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, 
         log.info("add-model: %d record rows are not bank queries (e.g. the test split) and were ignored", ignored)
 
     sub = matrix.subset(np.asarray(src_rows))
-    n, m_new = bank.n_queries, len(sub.models)
-    placed = lambda values, fill, dtype: _place(np.asarray(values), np.asarray(bank_rows), n, fill, dtype)  # noqa: E731
-    v_new = placed(sub.score, 0.0, np.float32)
-    c_new = placed(_tokens(sub), 0.0, np.float32)
-    present_new = placed(sub.present, False, bool)
-    new_responses = [placed(r, 0.0, np.float32) for r in embed_responses(sub, embedder, progress=progress)]
+    rows, n = np.asarray(bank_rows), bank.n_queries
+    v_new = _place(sub.score, rows, n, 0.0, np.float32)
+    c_new = _place(_tokens(sub), rows, n, 0.0, np.float32)
+    present_new = _place(sub.present, rows, n, False, bool)
+    new_responses = [_place(r, rows, n, 0.0, np.float32) for r in embed_responses(sub, embedder, progress=progress)]
 
     build_id = bank_writer.new_build_id()
     offset = len(old.models)
@@ -158,6 +158,7 @@ def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, 
 
 def _place(values: np.ndarray, rows: np.ndarray, n: int, fill: Any, dtype: Any) -> np.ndarray:
     """Scatter per-record values onto bank rows (N x ...), `fill` elsewhere."""
+    values = np.asarray(values)
     out = np.full((n, *values.shape[1:]), fill, dtype=dtype)
     out[rows] = values
     return out
