@@ -32,7 +32,7 @@ from app.settings import Settings, UpstreamSettings
 from app.upstream import CallResult, UpstreamError, UpstreamPool
 from bank_builder import scorers
 from bank_builder.bank_writer import atomic_write
-from bank_builder.records import RecordError, _subsample, iter_records
+from bank_builder.records import RecordError, _subsample, iter_records, jsonl_objects
 
 INSTRUCTIONS = {
     "numeric": "Give the final answer as a number on the last line, as 'Answer: <number>'.",
@@ -99,30 +99,20 @@ def _is_question_file(path: Path) -> bool:
 
 def _question_file(path: Path) -> Iterator[Question]:
     seen: set[tuple[str, int]] = set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise RecordError(f"{where}: not valid JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise RecordError(f"{where}: expected a JSON object per line")
-            for key in ("dataset", "query"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise RecordError(f"{where}: field '{key}' is missing or not a non-empty string")
-            index, gt, kind = row.get("index"), row.get("ground_truth"), row.get("kind")
-            if isinstance(index, bool) or not isinstance(index, int):
-                raise RecordError(f"{where}: field 'index': expected an integer, got {index!r:.40}")
-            if (row["dataset"], index) in seen:
-                raise RecordError(f"{where}: duplicate question (dataset={row['dataset']!r}, index={index})")
-            seen.add((row["dataset"], index))
-            if kind is not None:
-                scorers.get_scorer(kind)  # fail now, not after paying for the answers
-            gt = gt if gt is None or isinstance(gt, str) else json.dumps(gt, ensure_ascii=False)
-            yield Question(row["dataset"], index, row["query"], gt, kind)
+    for where, row in jsonl_objects(path):
+        for key in ("dataset", "query"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise RecordError(f"{where}: field '{key}' is missing or not a non-empty string")
+        index, gt, kind = row.get("index"), row.get("ground_truth"), row.get("kind")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise RecordError(f"{where}: field 'index': expected an integer, got {index!r:.40}")
+        if (row["dataset"], index) in seen:
+            raise RecordError(f"{where}: duplicate question (dataset={row['dataset']!r}, index={index})")
+        seen.add((row["dataset"], index))
+        if kind is not None:
+            scorers.get_scorer(kind)  # fail now, not after paying for the answers
+        gt = gt if gt is None or isinstance(gt, str) else json.dumps(gt, ensure_ascii=False)
+        yield Question(row["dataset"], index, row["query"], gt, kind)
 
 
 def load_questions(paths: Sequence[str | Path], *, datasets: Sequence[str] | None = None,

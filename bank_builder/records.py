@@ -230,24 +230,31 @@ def _result_file(raw: bytes, source: str, names: list[str], report: ImportReport
         yield _build(rec, f"{source}: record {pos}", dataset, model, split, source, "origin_query", "raw_output")
 
 
-def _jsonl(path: Path, report: ImportReport) -> Iterator[Record]:
+def jsonl_objects(path: Path, report: ImportReport | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, object) for each non-blank line; a line that is not a JSON object is an error naming it."""
     with path.open("rb") as fh:
         for lineno, line in enumerate(fh, 1):
             where = f"{path}:{lineno}"
             if not line.strip():
-                report.skipped["blank_line"] += 1
+                if report is not None:
+                    report.skipped["blank_line"] += 1
                 continue
             try:
-                rec = json.loads(line)
+                obj = json.loads(line)
             except ValueError as exc:
                 raise RecordError(f"{path}: line {lineno} is not valid JSON ({exc})") from None
-            if not isinstance(rec, dict):
+            if not isinstance(obj, dict):
                 raise RecordError(f"{where}: expected a JSON object per line")
-            for key in ("dataset", "model", "query", "response"):
-                if key not in rec or key in ("dataset", "model") and not (isinstance(rec[key], str) and rec[key]):
-                    raise RecordError(f"{where}: field '{key}' is missing" + (" or empty" if key in rec else ""))
-            split = rec["split"] if isinstance(rec.get("split"), str) else ""
-            yield _build(rec, where, rec["dataset"], rec["model"], split, where, "query", "response")
+            yield where, obj
+
+
+def _jsonl(path: Path, report: ImportReport) -> Iterator[Record]:
+    for where, rec in jsonl_objects(path, report):
+        for key in ("dataset", "model", "query", "response"):
+            if key not in rec or key in ("dataset", "model") and not (isinstance(rec[key], str) and rec[key]):
+                raise RecordError(f"{where}: field '{key}' is missing" + (" or empty" if key in rec else ""))
+        split = rec["split"] if isinstance(rec.get("split"), str) else ""
+        yield _build(rec, where, rec["dataset"], rec["model"], split, where, "query", "response")
 
 
 def _dir_files(root: Path) -> list[tuple[str, Path]]:
