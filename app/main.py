@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         limits = httpx.Limits(max_connections=sum(u.max_concurrency for u in settings.upstreams) + 16,
                               max_keepalive_connections=64)
         async with httpx.AsyncClient(transport=transport, limits=limits) as client:
-            pool = UpstreamPool(settings.upstreams, client)
+            pool = UpstreamPool(settings.upstreams, client, settings.resilience)
             pipeline = Pipeline(bank, async_embedder, pool, settings.jisi.params(),
                                 embed_system_prompt=settings.embed_system_prompt)
             app.state.api_keys = api_keys(settings)

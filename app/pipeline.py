@@ -6,7 +6,6 @@ and the calls become the answer plus a trace of every decision, call, cost and p
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from app.engine import JiSiParams, LiveResponses, Mode
 from app.errors import APIError, bad_request
 from app.pricing import estimate_cost_usd, estimate_tokens
 from app.protocol import ChatCompletionRequest
+from app.resilience import gather_quorum
 from app.upstream import CallResult, UpstreamError, UpstreamPool, prompt_text
 
 VIRTUAL_MODELS: dict[str, Mode] = {"jisi": "adaptive", "jisi-route": "route", "jisi-aggregate": "aggregate"}
@@ -50,6 +50,10 @@ class Trace:
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None  # time.monotonic() by which the whole request must be answered
+
+    def remaining_s(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
 
     def phase(self, name: str, since: float) -> float:
         now = time.perf_counter()
@@ -134,14 +138,15 @@ class Pipeline:
             raise bad_request(str(exc), "jisi") from None
 
     def eligible(self) -> np.ndarray:
-        return np.array([m in self.pool for m in self.bank.models], dtype=bool)
+        """Models that can be called now: served, and their circuit not open (the next-best take their place)."""
+        return np.array([m in self.pool and self.pool.available(m) for m in self.bank.models], dtype=bool)
 
     # -- the request path --------------------------------------------------------------------------
 
     async def prepare(self, request: ChatCompletionRequest) -> Prepared:
         params = self.params_for(request)
         mode: Mode = (request.jisi.mode if request.jisi and request.jisi.mode else VIRTUAL_MODELS[request.model])
-        trace = Trace(requested_mode=mode)
+        trace = Trace(requested_mode=mode, deadline=self.pool.deadline())
         if mode != "route" and (request.tools or request.response_format):
             mode = "route"  # an aggregator must not rewrite a tool call or a structured answer
             trace.notes.append("tools or response_format: forced route mode")
@@ -155,6 +160,9 @@ class Pipeline:
         sims, ids = self.bank.search(e, params.max_support + 1)
         t = trace.phase("search", t)
         eligible = self.eligible()
+        if not eligible.any():
+            raise APIError(503, "every upstream is unavailable (circuits open after repeated failures); retry "
+                           "shortly", "upstream_error", code="upstreams_unavailable")
         planned = engine.plan(sims, ids, self.bank.v, self.bank.present, params, eligible)
         support = planned.support
         trace.support = {"size": int(support.ids.size), "capped": support.capped, "tau": round(support.tau, 6)}
@@ -174,6 +182,10 @@ class Pipeline:
         answered: dict[int, CallResult] = {}
         failed = await self._call_all(candidates, "candidate", body, answered, budget, trace)
         t = trace.phase("fanout", t)
+        if not answered and trace.remaining_s() <= 0:
+            raise APIError(504, f"no upstream answered within the request deadline of "
+                           f"{self.pool.resilience.request_deadline_s:g}s", "upstream_error",
+                           code="deadline_exceeded", details=trace.errors)
         if not answered:
             raise APIError(502, "every candidate upstream failed: " + "; ".join(
                 f"{e['model']}: {e['message']}" for e in trace.errors), "upstream_error",
@@ -195,6 +207,9 @@ class Pipeline:
         affordable = [j for j in missing if budget.fits(estimate[j])]
         if len(affordable) < len(missing):
             trace.degraded.append("cost cap: skipped final-set models not yet called")
+        if affordable and trace.remaining_s() <= 0:
+            affordable = []
+            trace.degraded.append("request deadline: skipped final-set models not yet called")
         if affordable:
             await self._call_all(affordable, "final", body, answered, budget, trace)
             t = trace.phase("finals", t)
@@ -213,6 +228,10 @@ class Pipeline:
         responses = [response_text(answered[j]) for j in final]
         agg_prompt = prompt_tokens + sum(answered[j].usage.completion_tokens for j in final)
         agg_estimate = estimate_cost_usd(self.pool.upstreams[models[aggregator]], agg_prompt, expected[aggregator])
+        if trace.remaining_s() <= 0:
+            trace.degraded.append("request deadline: aggregation skipped, routed to the best response")
+            trace.mode, trace.answered_by, trace.finish_reason = "route", best.model, best.finish_reason
+            return Prepared(trace=trace, answer=best)
         if not budget.fits(agg_estimate):
             trace.degraded.append("cost cap: aggregation skipped, routed to the best response")
             trace.mode, trace.answered_by, trace.finish_reason = "route", best.model, best.finish_reason
@@ -230,7 +249,8 @@ class Pipeline:
             return prepared.answer, trace
         t = time.perf_counter()
         try:
-            answer = await self.pool.complete(prepared.aggregator, prepared.aggregate_body, "aggregator")
+            answer = await self.pool.complete(prepared.aggregator, prepared.aggregate_body, "aggregator",
+                                              deadline=trace.deadline)
             trace.calls.append(answer)
             trace.finish_reason = answer.finish_reason
         except UpstreamError as exc:
@@ -252,12 +272,26 @@ class Pipeline:
 
     async def _call_all(self, models: list[int], role: str, body: dict[str, Any], answered: dict[int, CallResult],
                         budget: Budget, trace: Trace) -> set[int]:
-        """Call these models concurrently; record answers in `answered`, failures in the trace (degraded)."""
+        """Call these models concurrently; record answers in `answered`, failures in the trace (degraded).
+
+        Candidates stop at the quorum (plus a grace period); whoever is still running then, or at the
+        request deadline, is cancelled and counted as failed so it is not called again as a final model.
+        """
         names = self.bank.models
-        results = await asyncio.gather(*(self.pool.complete(names[j], body, role) for j in models),
-                                       return_exceptions=True)
-        failed: set[int] = set()
-        for j, result in zip(models, results):
+        settings = self.pool.resilience
+        quorum = (settings.quorum or len(models)) if role == "candidate" else len(models)
+        calls = {j: self.pool.complete(names[j], body, role, deadline=trace.deadline) for j in models}
+        # a safety net just past the deadline: the calls' own timeouts (clearer errors) normally fire first
+        results, after_quorum, at_deadline = await gather_quorum(
+            calls, quorum, settings.quorum_grace_s, (trace.deadline or self.pool.deadline()) + 0.1)
+        failed: set[int] = set(after_quorum) | set(at_deadline)
+        for j in after_quorum:
+            trace.degraded.append(f"{role} {names[j]} cancelled after quorum")
+        for j in at_deadline:
+            trace.errors.append({"model": names[j], "status": None, "timeout": True,
+                                 "message": "cancelled at the request deadline"})
+            trace.degraded.append(f"{role} {names[j]} cancelled at the request deadline")
+        for j, result in results.items():
             if isinstance(result, UpstreamError):
                 failed.add(j)
                 trace.errors.append(result.summary())
@@ -295,7 +329,7 @@ class Pipeline:
         trace.degraded.append("cost cap: no fan-out, one model answered alone")
         t = time.perf_counter()
         try:
-            answer = await self.pool.complete(models[j], body, "final")
+            answer = await self.pool.complete(models[j], body, "final", deadline=trace.deadline)
         except UpstreamError as exc:
             raise APIError(502, f"upstream {exc.model} failed: {exc.message}", "upstream_error",
                            code="upstreams_failed", details=[exc.summary()]) from None

@@ -165,7 +165,7 @@ class Gateway:
         state = StreamState()
         t = time.perf_counter()
         try:
-            async for chunk in self.pool.stream(model, body, state):
+            async for chunk in self.pool.stream(model, body, state, deadline=trace.deadline):
                 for choice in chunk.get("choices") or []:
                     delta = {k: v for k, v in (choice.get("delta") or {}).items() if v is not None}
                     if delta:

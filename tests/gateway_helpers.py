@@ -21,6 +21,7 @@ import respx
 from app.aggregation import AGGREGATION_INSTRUCTIONS
 from app.bank import read_manifest
 from app.main import create_app
+from app.resilience import ResilienceSettings
 from app.settings import EmbedderSettings, JiSiSettings, Settings, UpstreamSettings
 
 UPSTREAM_URL = r"^http://up(\d+)\.test/v1/chat/completions$"
@@ -42,6 +43,8 @@ def make_settings(bank_path, models: list[str], cache_dir, *, price=prices, jisi
         p_in, p_out = price(i)
         upstreams.append(UpstreamSettings(name=m, base_url=f"http://{host_of(i)}/v1", input_usd_per_mtok=p_in,
                                           output_usd_per_mtok=p_out, timeout_s=5.0))
+    # these tests pin exact call counts: no retries unless a test asks for them (tests/test_resilience*.py)
+    overrides.setdefault("resilience", ResilienceSettings(retries=0))
     return Settings(bank_path=bank_path, upstreams=upstreams, embedder=EmbedderSettings(cache_dir=cache_dir),
                     jisi=jisi or JiSiSettings(), **overrides)
 

@@ -1,0 +1,131 @@
+"""Unit tests of the retry policy, Retry-After parsing, the circuit breaker (fake clock) and the quorum gather."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import formatdate
+
+import pytest
+
+from app.resilience import (
+    CircuitBreaker, ResilienceSettings, RetryPolicy, gather_quorum, parse_retry_after, retryable_status,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_backoff_is_full_jitter_within_the_exponential_cap():
+    settings = ResilienceSettings(backoff_base_s=0.25, backoff_max_s=4.0)
+    assert RetryPolicy(settings, rand=lambda: 1.0).backoff(0) == 0.25
+    assert RetryPolicy(settings, rand=lambda: 1.0).backoff(2) == 1.0
+    assert RetryPolicy(settings, rand=lambda: 1.0).backoff(10) == 4.0  # capped
+    assert RetryPolicy(settings, rand=lambda: 0.0).backoff(3) == 0.0
+    policy = RetryPolicy(settings)
+    for attempt in range(8):
+        for _ in range(50):
+            assert 0 <= policy.backoff(attempt) <= min(4.0, 0.25 * 2 ** attempt)
+
+
+def test_delay_honours_retries_status_retry_after_and_the_deadline():
+    policy = RetryPolicy(ResilienceSettings(retries=2), rand=lambda: 0.5)
+    assert policy.delay(0, 500, None, 100) == 0.125
+    assert policy.delay(0, None, None, 100) == 0.125  # connection error / timeout
+    assert policy.delay(1, 429, 3.0, 100) == 3.0  # Retry-After wins over the backoff
+    assert policy.delay(2, 500, None, 100) is None  # out of retries
+    assert policy.delay(0, 400, None, 100) is None and policy.delay(0, 404, None, 100) is None
+    assert policy.delay(0, 408, None, 100) == 0.125
+    assert policy.delay(0, 429, 10.0, 5.0) is None  # the wait would overrun the deadline
+    assert [s for s in (400, 401, 403, 404, 408, 422, 429, 500, 502, 503) if retryable_status(s)] == [
+        408, 429, 500, 502, 503]
+
+
+def test_parse_retry_after_seconds_and_http_date():
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after(" 0.5 ") == 0.5
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after(None) is None and parse_retry_after("") is None
+    assert parse_retry_after("soon") is None
+    now = time.time()
+    assert parse_retry_after(formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0
+
+
+def test_breaker_opens_after_n_failures_within_the_window():
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=3, window_s=10, open_s=5, clock=clock)
+    breaker.record_failure()
+    clock.now += 11  # the first failure leaves the window
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state == "closed" and breaker.available() and breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == "open" and not breaker.available() and not breaker.allow()
+
+
+def test_breaker_success_resets_the_failure_count():
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=2, window_s=10, open_s=5, clock=clock)
+    breaker.record_failure()
+    breaker.record_success()
+    breaker.record_failure()
+    assert breaker.state == "closed"
+
+
+def test_breaker_half_open_lets_one_probe_through_then_closes_or_reopens():
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=1, window_s=10, open_s=5, clock=clock)
+    breaker.record_failure()
+    assert breaker.state == "open"
+    clock.now += 4.9
+    assert not breaker.allow()
+    clock.now += 0.2
+    assert breaker.state == "half_open" and breaker.available()
+    assert breaker.allow()  # the probe
+    assert not breaker.available() and not breaker.allow()  # only one
+    breaker.record_failure()  # probe failed: open again, for another open_s
+    assert breaker.state == "open"
+    clock.now += 5
+    assert breaker.allow()
+    breaker.release()  # a cancelled probe gives its slot back
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.allow() and breaker.allow()
+
+
+@pytest.mark.anyio
+async def test_gather_quorum_cancels_stragglers_after_the_grace_period():
+    cancelled = []
+
+    async def answer(value, delay):
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            cancelled.append(value)
+            raise
+        return value
+
+    async def fail():
+        raise ValueError("boom")
+
+    started = time.monotonic()
+    calls = {"a": answer("a", 0.01), "b": fail(), "c": answer("c", 0.02), "d": answer("d", 30)}
+    results, late, at_deadline = await gather_quorum(calls, 2, 0.1, time.monotonic() + 10)
+    assert time.monotonic() - started < 1
+    assert results["a"] == "a" and results["c"] == "c" and isinstance(results["b"], ValueError)
+    assert late == ["d"] and at_deadline == [] and cancelled == ["d"]
+
+    calls = {"a": answer("a", 0.01), "d": answer("d", 30)}
+    results, late, at_deadline = await gather_quorum(calls, 2, 0.1, time.monotonic() + 0.2)
+    assert results == {"a": "a"} and late == [] and at_deadline == ["d"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,235 @@
+"""Upstream faults over real loopback sockets: the gateway answers degraded or fails cleanly (OpenAI error
+JSON), then serves the next request normally; the breaker, Retry-After, the quorum and the deadline.
+
+Upstreams are one FaultServer (uvicorn in a thread); the gateway runs in-process over ASGI with a real
+httpx client to it, on the real mini bank (60 questions x 8 models, MiniLM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+
+from app.main import create_app
+from app.resilience import ResilienceSettings
+from app.settings import EmbedderSettings, Settings, UpstreamSettings
+from fault_server import Fault, FaultServer
+from gateway_helpers import anyio_backend, bank_models, chat_body, stream_chat  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.anyio
+
+QUESTION = "Janet has 3 apples and buys 5 more at the market. How many apples does she have now?"
+FAST = dict(retries=1, backoff_base_s=0.01, backoff_max_s=0.05, connect_timeout_s=1.0, first_byte_timeout_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def server() -> AsyncIterator[FaultServer]:
+    server = FaultServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean(server: FaultServer) -> None:
+    server.reset()
+    server.hits.clear()
+
+
+def fault_settings(mini_bank, models: list[str], tmp_path, server: FaultServer, *, timeout_s: float = 1.0,
+                   **resilience: Any) -> Settings:
+    upstreams = [UpstreamSettings(name=m, base_url=server.base_url, input_usd_per_mtok=1.0,
+                                  output_usd_per_mtok=2.0, timeout_s=timeout_s) for m in models]
+    return Settings(bank_path=mini_bank, upstreams=upstreams, embedder=EmbedderSettings(cache_dir=tmp_path / "c"),
+                    resilience=ResilienceSettings(**{**FAST, **resilience}))
+
+
+@asynccontextmanager
+async def gateway(settings: Settings, embedder) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, embedder=embedder)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as client:
+            yield client
+
+
+async def route(client: httpx.AsyncClient) -> dict[str, Any]:
+    r = await client.post("/v1/jisi/route", json={"messages": [{"role": "user", "content": QUESTION}]})
+    return r.json()
+
+
+async def ask(client: httpx.AsyncClient, model: str = "jisi-aggregate") -> httpx.Response:
+    return await client.post("/v1/chat/completions", json=chat_body(model, QUESTION))
+
+
+def assert_openai_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"} and error["code"] == code
+    return error
+
+
+async def assert_next_request_is_normal(client: httpx.AsyncClient, server: FaultServer) -> None:
+    server.reset()
+    r = await ask(client)
+    assert r.status_code == 200, r.text
+    assert r.json()["jisi"]["degraded"] is False and r.headers["x-jisi-degraded"] == "false"
+
+
+# ------------------------------------------------------------------------------------------------
+# one faulty candidate: degraded answer, then a normal one
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault, fails", [
+    (Fault("hang"), True), (Fault("slow", delay=2.0), True), (Fault("status", status=500), True),
+    (Fault("invalid_json"), True), (Fault("empty"), False), (Fault("oversized", size=300_000), False),
+], ids=["hang", "slow-first-byte", "http500", "invalid-json", "empty", "oversized"])
+async def test_a_faulty_candidate_degrades_then_the_gateway_recovers(mini_bank, bank_models, minilm, tmp_path,
+                                                                     server, fault, fails):
+    async with gateway(fault_settings(mini_bank, bank_models, tmp_path, server), minilm) as client:
+        broken = (await route(client))["candidates"][1]
+        server.fail(broken, fault)
+        started = time.monotonic()
+        r = await ask(client)
+        elapsed = time.monotonic() - started
+        assert r.status_code == 200, r.text
+        info = r.json()["jisi"]
+        if fails:
+            assert broken not in info["answered"] and len(info["answered"]) == 2
+            assert info["degraded"] is True and r.headers["x-jisi-degraded"] == "true"
+            assert [e["model"] for e in info["errors"]] == [broken]
+            assert any(broken in reason for reason in info["degraded_reasons"])
+            assert elapsed < 4  # two attempts of at most timeout_s = 1 s each
+            # retried once; a malformed 200 is not retried (the upstream did answer)
+            assert len(server.hits_for(broken, aggregation=False)) == (1 if fault.kind == "invalid_json" else 2)
+        else:
+            assert broken in info["answered"]
+        await assert_next_request_is_normal(client, server)
+
+
+async def test_every_upstream_failing_is_a_502_listing_each_error(mini_bank, bank_models, minilm, tmp_path, server):
+    async with gateway(fault_settings(mini_bank, bank_models, tmp_path, server, retries=0), minilm) as client:
+        for m in bank_models:
+            server.fail(m, Fault("status", status=503))
+        error = assert_openai_error(await ask(client), 502, "upstreams_failed")
+        assert len(error["details"]) == 3 and all(d["status"] == 503 for d in error["details"])
+        assert all(d["model"] in error["message"] for d in error["details"])
+        await assert_next_request_is_normal(client, server)
+
+
+async def test_the_request_deadline_is_a_clean_504(mini_bank, bank_models, minilm, tmp_path, server):
+    settings = fault_settings(mini_bank, bank_models, tmp_path, server, timeout_s=10, request_deadline_s=0.8,
+                              first_byte_timeout_s=10)
+    async with gateway(settings, minilm) as client:
+        for m in bank_models:
+            server.fail(m, Fault("hang"))
+        started = time.monotonic()
+        error = assert_openai_error(await ask(client), 504, "deadline_exceeded")
+        assert time.monotonic() - started < 3
+        assert "0.8s" in error["message"] and len(error["details"]) == 3
+        await assert_next_request_is_normal(client, server)
+
+
+# ------------------------------------------------------------------------------------------------
+# streams: retried only before the first chunk
+# ------------------------------------------------------------------------------------------------
+
+
+async def test_a_stream_cut_before_any_chunk_is_retried(mini_bank, bank_models, minilm, tmp_path, server):
+    async with gateway(fault_settings(mini_bank, bank_models, tmp_path, server), minilm) as client:
+        model = bank_models[3]
+        server.fail(model, Fault("cut", cut_after=0), times=1)
+        response, sse = await stream_chat(client, chat_body(model, QUESTION))
+        assert response.status_code == 200 and sse.errors == [] and sse.events[-1] == "[DONE]"
+        assert sse.text.strip() == f"Answer from {model}: the result is 42."
+        assert len(server.hits_for(model)) == 2
+
+
+async def test_a_stream_cut_in_the_middle_is_not_retried(mini_bank, bank_models, minilm, tmp_path, server):
+    async with gateway(fault_settings(mini_bank, bank_models, tmp_path, server), minilm) as client:
+        model = bank_models[3]
+        server.fail(model, Fault("cut", cut_after=3))
+        response, sse = await stream_chat(client, chat_body(model, QUESTION))
+        assert sse.events[-1] == "[DONE]" and "error" in sse.events[-2]
+        assert sse.errors[0]["type"] == "upstream_error" and sse.text  # what was sent stays sent, then an error
+        assert len(server.hits_for(model)) == 1  # the upstream may have half-executed it: never twice
+        server.reset()
+        response, sse = await stream_chat(client, chat_body(model, QUESTION))
+        assert sse.errors == [] and sse.text.strip() == f"Answer from {model}: the result is 42."
+
+
+# ------------------------------------------------------------------------------------------------
+# retries, breaker, quorum
+# ------------------------------------------------------------------------------------------------
+
+
+async def test_a_429_is_retried_after_retry_after(mini_bank, bank_models, minilm, tmp_path, server):
+    async with gateway(fault_settings(mini_bank, bank_models, tmp_path, server, retries=2), minilm) as client:
+        model = bank_models[2]
+        server.fail(model, Fault("status", status=429, retry_after="1"), times=1)
+        started = time.monotonic()
+        r = await ask(client, model)
+        assert r.status_code == 200, r.text
+        first, second = server.hits_for(model)
+        assert 0.9 <= second.at - first.at < 1.5  # the upstream's wait, not our 10 ms backoff
+        assert time.monotonic() - started < 3
+
+
+async def test_a_400_is_not_retried(mini_bank, bank_models, minilm, tmp_path, server):
+    async with gateway(fault_settings(mini_bank, bank_models, tmp_path, server, retries=2), minilm) as client:
+        model = bank_models[2]
+        server.fail(model, Fault("status", status=400))
+        assert_openai_error(await ask(client, model), 502, "upstream_error")
+        assert len(server.hits_for(model)) == 1
+
+
+async def test_an_open_breaker_leaves_the_model_out_of_candidate_selection(mini_bank, bank_models, minilm,
+                                                                           tmp_path, server):
+    settings = fault_settings(mini_bank, bank_models, tmp_path, server, retries=0, breaker_failures=2,
+                              breaker_open_s=60)
+    async with gateway(settings, minilm) as client:
+        before = (await route(client))["candidates"]
+        broken = before[0]
+        server.fail(broken, Fault("status", status=500))
+        server.fail(broken, Fault("status", status=500), aggregation=True)
+        for _ in range(2):  # each request fails it once or twice (as candidate, maybe as aggregator)
+            r = await ask(client)
+            assert r.status_code == 200 and broken not in r.json()["jisi"]["answered"]
+            if broken not in (await route(client))["candidates"]:
+                break
+        calls = len(server.hits_for(broken))
+        assert calls >= 2
+        r = await ask(client)
+        assert r.status_code == 200, r.text
+        info = r.json()["jisi"]
+        assert broken not in info["candidates"] and len(info["candidates"]) == 3
+        assert set(before) - {broken} < set(info["candidates"])  # the next-best model took its place
+        assert broken not in info["final"] and info["errors"] == []
+        assert len(server.hits_for(broken)) == calls  # not called at all while open, not even to aggregate
+        assert info["aggregator"] != broken
+
+
+async def test_the_quorum_cancels_a_hanging_straggler(mini_bank, bank_models, minilm, tmp_path, server):
+    settings = fault_settings(mini_bank, bank_models, tmp_path, server, timeout_s=20, first_byte_timeout_s=20,
+                              quorum=2, quorum_grace_s=0.2)
+    async with gateway(settings, minilm) as client:
+        straggler = (await route(client))["candidates"][2]
+        server.fail(straggler, Fault("hang"))
+        started = time.monotonic()
+        r = await ask(client)
+        assert time.monotonic() - started < 3
+        assert r.status_code == 200, r.text
+        info = r.json()["jisi"]
+        assert straggler not in info["answered"] and len(info["answered"]) == 2
+        assert f"candidate {straggler} cancelled after quorum" in info["degraded_reasons"]
+        assert r.headers["x-jisi-degraded"] == "true"
+        deadline = time.monotonic() + 2
+        while not server.hits_for(straggler)[0].disconnected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert server.hits_for(straggler)[0].disconnected  # its connection was really closed
+        await assert_next_request_is_normal(client, server)
