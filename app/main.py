@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         model = embedder or make_embedder(settings.embedder, use_cache=False)
         bank = Bank.load(settings.bank_path, embedder_name=model.name, dim=model.dim)
         validate(settings, bank)
-        async_embedder = AsyncEmbedder(model)
+        async_embedder = AsyncEmbedder(model, batching=settings.embedding_batching)
         limits = httpx.Limits(max_connections=sum(u.max_concurrency for u in settings.upstreams) + 16,
                               max_keepalive_connections=64)
         async with httpx.AsyncClient(transport=transport, limits=limits) as client:

@@ -47,6 +47,13 @@ class EmbedderSettings(BaseModel):
     cache_dir: Path | None = Field(default_factory=default_cache_dir)
 
 
+class BatchingSettings(BaseModel):
+    """How concurrent requests' texts are coalesced into one embedding-model call (micro-batching)."""
+
+    max_batch: int = Field(64, ge=1)  # texts per model call (a single larger request still goes alone)
+    max_wait_ms: float = Field(2.0, ge=0)  # how long to hold a batch open for more, only under load
+
+
 class JiSiSettings(BaseModel):
     """The method's hyperparameters; defaults are the paper's (§4.1)."""
 
@@ -94,6 +101,7 @@ class Settings(BaseSettings):
 
     bank_path: Path = Path("banks/default")
     embedder: EmbedderSettings = EmbedderSettings()
+    embedding_batching: BatchingSettings = BatchingSettings()
     jisi: JiSiSettings = JiSiSettings()
     upstreams: list[UpstreamSettings] = []
     auth: AuthSettings = AuthSettings()
