@@ -109,12 +109,13 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("only n=1 is supported: JiSi returns one best answer per request")
         return n
 
-    def upstream_body(self, model: str, *, stream: bool = False) -> dict[str, Any]:
-        """The request as sent to an upstream: JiSi's own field removed, the upstream's model id in."""
+    def upstream_body(self, model: str) -> dict[str, Any]:
+        """The request as sent to an upstream: JiSi's own field removed, the upstream's model id in.
+
+        Streaming is the pool's choice per call, so `stream` and `stream_options` are left out here.
+        """
         body = self.model_dump(exclude_none=True, exclude={"jisi", "stream", "stream_options"})
         body["model"] = model
-        if stream:
-            body["stream"] = True
         return body
 
     @property
