@@ -36,9 +36,9 @@ class UpstreamError(Exception):
         return {"model": self.model, "status": self.status, "timeout": self.timeout, "message": self.message}
 
 
-def _http_error(name: str, response: httpx.Response) -> UpstreamError:
+def _http_error(name: str, response: httpx.Response, secret: str) -> UpstreamError:
     status = response.status_code
-    return UpstreamError(name, f"HTTP {status}: {_error_text(response)}", status,
+    return UpstreamError(name, f"HTTP {status}: {_error_text(response, secret)}", status,
                          retry_after=parse_retry_after(response.headers.get("retry-after")),
                          breaker=retryable_status(status))
 
@@ -195,7 +195,7 @@ class UpstreamPool:
                 raise UpstreamError(name, f"connection failed: {type(exc).__name__}") from None
         latency = time.perf_counter() - started
         if response.status_code >= 400:
-            raise _http_error(name, response)
+            raise _http_error(name, response, _bearer(headers))
         try:
             payload = response.json()
             choice = payload["choices"][0]
@@ -257,7 +257,7 @@ class UpstreamPool:
                 if response.status_code >= 400:
                     async with asyncio.timeout(max(0.001, ends - time.monotonic())):
                         await response.aread()
-                    raise _http_error(name, response)
+                    raise _http_error(name, response, _bearer(headers))
                 async for line in response.aiter_lines():
                     if time.monotonic() > ends:
                         raise TimeoutError
@@ -312,12 +312,19 @@ def _record(chunk: dict[str, Any], state: StreamState) -> None:
             state.finish_reason = choice["finish_reason"]
 
 
-def _error_text(response: httpx.Response) -> str:
-    """The upstream's own error message, short; never echoes our request (which may carry a key)."""
+def _bearer(headers: dict[str, str]) -> str:
+    return headers.get("authorization", "").removeprefix("Bearer ")
+
+
+def _error_text(response: httpx.Response, secret: str) -> str:
+    """The upstream's own error message, short, with our key masked (some servers echo the key back)."""
     try:
         payload = response.json()
-        message = payload.get("error", {}).get("message") if isinstance(payload, dict) else None
+        error = payload.get("error") if isinstance(payload, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
     except ValueError:
         message = None
-    text = message or response.text
+    text = str(message or response.text)
+    if secret:
+        text = text.replace(secret, "***")
     return text[:300]
