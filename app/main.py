@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             pipeline = Pipeline(bank, async_embedder, pool, settings.jisi.params(),
                                 embed_system_prompt=settings.embed_system_prompt)
             app.state.api_keys = api_keys(settings)
-            app.state.gateway = Gateway(pipeline, pool, app.state.metrics)
+            app.state.gateway = Gateway(pipeline, pool, app.state.metrics, max_messages=settings.max_messages,
+                                        max_requested_tokens=settings.max_requested_tokens)
             log.info("ready: bank %s (%d queries, %d models), embedder %s", settings.bank_path,
                      bank.n_queries, len(bank.models), model.name)
             try:

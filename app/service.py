@@ -27,11 +27,14 @@ VIRTUAL_DESCRIPTIONS = {
 
 
 class Gateway:
-    def __init__(self, pipeline: Pipeline, pool: UpstreamPool, metrics: Metrics, keepalive_s: float = 2.0) -> None:
+    def __init__(self, pipeline: Pipeline, pool: UpstreamPool, metrics: Metrics, keepalive_s: float = 2.0, *,
+                 max_messages: int = 512, max_requested_tokens: int = 65_536) -> None:
         self.pipeline = pipeline
         self.pool = pool
         self.metrics = metrics
         self.keepalive_s = keepalive_s
+        self.max_messages = max_messages
+        self.max_requested_tokens = max_requested_tokens
 
     # -- catalogue -------------------------------------------------------------------------------
 
@@ -43,15 +46,24 @@ class Gateway:
                                             "output_usd_per_mtok": u.output_usd_per_mtok}))
         return ModelList(data=cards)
 
-    def check_model(self, model: str) -> None:
-        if model not in VIRTUAL_MODELS and model not in self.pool:
-            raise APIError(404, f"the model {model!r} does not exist; GET /v1/models lists the available ones",
-                           "not_found_error", "model", "model_not_found")
+    def check_request(self, request: ChatCompletionRequest) -> None:
+        """The model exists and the request stays within the configured limits (else 404 / 400)."""
+        if request.model not in VIRTUAL_MODELS and request.model not in self.pool:
+            raise APIError(404, f"the model {request.model!r} does not exist; GET /v1/models lists the available "
+                           "ones", "not_found_error", "model", "model_not_found")
+        if len(request.messages) > self.max_messages:
+            raise bad_request(f"too many messages: {len(request.messages)} (at most {self.max_messages})",
+                              "messages", "too_many_messages")
+        for field in ("max_tokens", "max_completion_tokens"):
+            asked = getattr(request, field)
+            if asked is not None and asked > self.max_requested_tokens:
+                raise bad_request(f"{field} {asked} exceeds the gateway's limit of {self.max_requested_tokens}",
+                                  field, "too_many_tokens")
 
     # -- non-streaming -----------------------------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> tuple[ChatCompletion, dict[str, str]]:
-        self.check_model(request.model)
+        self.check_request(request)
         started = time.perf_counter()
         status = "error"
         trace: Trace | None = None
@@ -102,7 +114,7 @@ class Gateway:
 
     async def chat_stream(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[bytes]:
         """SSE: keep-alives while the candidates run, then the answer, a summary chunk and [DONE]."""
-        self.check_model(request.model)
+        self.check_request(request)
         if request.model in VIRTUAL_MODELS:  # invalid input is a 400 before the stream starts, not an event in it
             self.pipeline.params_for(request)
             self.pipeline.query_text(request)

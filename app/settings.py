@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     # bank models without an upstream are an error unless this is set (then they are never routed to)
     allow_unserved_models: bool = False
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(512, ge=1)  # per request
+    max_requested_tokens: int = Field(65_536, ge=1)  # max_tokens / max_completion_tokens a request may ask for
     resilience: ResilienceSettings = ResilienceSettings()  # retries, timeouts, breakers, quorum, deadline
 
     @field_validator("upstreams")

@@ -332,3 +332,19 @@ async def test_upstream_api_key_is_sent_to_its_upstream_only(settings, fake, min
     error = assert_openai_error(other, 502, "upstream_error")
     assert "sk-upstream-secret" not in other.text
     assert error["details"][0]["status"] == 401
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_request_limits_are_clear_400s(mini_bank, bank_models, tmp_path, fake, minilm, stream):
+    settings = make_settings(mini_bank, bank_models, tmp_path / "cache", max_messages=4, max_requested_tokens=100)
+    many = [{"role": "user", "content": f"message {i}"} for i in range(5)]
+    async with running_gateway(settings, minilm, fake) as (app, client):
+        too_many = await client.post("/v1/chat/completions", json={"model": "jisi", "messages": many,
+                                                                   "stream": stream})
+        too_long = await client.post("/v1/chat/completions", json=chat_body(
+            bank_models[0], "hi", max_completion_tokens=101, stream=stream))
+        within = await client.post("/v1/chat/completions", json=chat_body(bank_models[0], "hi", max_tokens=100))
+    assert assert_openai_error(too_many, 400, "invalid_request_error", "too_many_messages")["param"] == "messages"
+    error = assert_openai_error(too_long, 400, "invalid_request_error", "too_many_tokens")
+    assert error["param"] == "max_completion_tokens"
+    assert within.status_code == 200 and not fake.calls[1:]  # refused requests never reached an upstream
