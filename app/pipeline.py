@@ -143,6 +143,22 @@ class Pipeline:
 
     # -- the request path --------------------------------------------------------------------------
 
+    async def plan(self, request: ChatCompletionRequest, params: JiSiParams,
+                   trace: Trace) -> tuple[engine.Plan, np.ndarray]:
+        """Steps 1-3 (embed, search, support set, coarse scores, candidates), timed into the trace."""
+        t = time.perf_counter()
+        e = (await self.embedder.embed([self.query_text(request)]))[0]
+        t = trace.phase("embed_query", t)
+        sims, ids = self.bank.search(e, params.max_support + 1)
+        t = trace.phase("search", t)
+        eligible = self.eligible()
+        if not eligible.any():
+            raise APIError(503, "every upstream is unavailable (circuits open after repeated failures); retry "
+                           "shortly", "upstream_error", code="upstreams_unavailable")
+        planned = engine.plan(sims, ids, self.bank.v, self.bank.present, params, eligible)
+        trace.phase("plan", t)
+        return planned, eligible
+
     async def prepare(self, request: ChatCompletionRequest) -> Prepared:
         params = self.params_for(request)
         mode: Mode = (request.jisi.mode if request.jisi and request.jisi.mode else VIRTUAL_MODELS[request.model])
@@ -154,22 +170,13 @@ class Pipeline:
         body = request.upstream_body(model="")
         models = self.bank.models
 
-        t = time.perf_counter()
-        e = (await self.embedder.embed([self.query_text(request)]))[0]
-        t = trace.phase("embed_query", t)
-        sims, ids = self.bank.search(e, params.max_support + 1)
-        t = trace.phase("search", t)
-        eligible = self.eligible()
-        if not eligible.any():
-            raise APIError(503, "every upstream is unavailable (circuits open after repeated failures); retry "
-                           "shortly", "upstream_error", code="upstreams_unavailable")
-        planned = engine.plan(sims, ids, self.bank.v, self.bank.present, params, eligible)
+        planned, eligible = await self.plan(request, params, trace)
         support = planned.support
         trace.support = {"size": int(support.ids.size), "capped": support.capped, "tau": round(support.tau, 6)}
         trace.g = _scores(models, planned.coarse.g)
         trace.candidates = [models[j] for j in planned.candidates]
         trace.aggregator = models[planned.aggregator]
-        t = trace.phase("plan", t)
+        t = time.perf_counter()
 
         prompt_tokens = estimate_tokens(prompt_text(body))
         expected = self._expected_completion_tokens(support.ids)

@@ -9,7 +9,6 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
-from app import engine
 from app.errors import APIError, bad_request
 from app.metrics import Metrics
 from app.pipeline import VIRTUAL_MODELS, Pipeline, Prepared, Trace
@@ -208,11 +207,8 @@ class Gateway:
         pipeline = self.pipeline
         params = pipeline.params_for(chat)
         text = pipeline.query_text(chat)
-        t = time.perf_counter()
-        e = (await pipeline.embedder.embed([text]))[0]
-        embed_ms = 1000 * (time.perf_counter() - t)
-        sims, ids = pipeline.bank.search(e, params.max_support + 1)
-        planned = engine.plan(sims, ids, pipeline.bank.v, pipeline.bank.present, params, pipeline.eligible())
+        trace = Trace(requested_mode="route")
+        planned, _ = await pipeline.plan(chat, params, trace)
         models = pipeline.bank.models
         neighbours = []
         for row, s in zip(planned.support.ids[: request.neighbours], planned.support.s):
@@ -230,7 +226,7 @@ class Gateway:
             "candidates": [models[j] for j in planned.candidates],
             "aggregator": models[planned.aggregator],
             "params": params.__dict__,
-            "timings_ms": {"embed_query": round(embed_ms, 2)},
+            "timings_ms": {k: round(v, 2) for k, v in trace.timings_ms.items()},
         }
 
 
