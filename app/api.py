@@ -9,15 +9,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.errors import APIError
+from app.logs import current_request_id
 from app.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList, RouteRequest
 
 router = APIRouter()
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 502, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 502, 503, 504)}
 
 
 def request_id(request: Request) -> str:
-    supplied = request.headers.get("x-request-id", "")
-    return supplied[:128] if supplied.isprintable() and supplied else uuid.uuid4().hex
+    """The id RequestContext gave this request (the client's x-request-id when usable)."""
+    return current_request_id.get() or uuid.uuid4().hex
 
 
 def authorize(request: Request) -> None:

@@ -18,6 +18,7 @@ from app.body_limit import BodySizeLimit
 from app.embedder import Embedder, make_embedder
 from app.embedding_service import AsyncEmbedder
 from app.errors import install_error_handlers
+from app.logs import RequestContext, configure_logging
 from app.metrics import Metrics
 from app.pipeline import Pipeline
 from app.service import Gateway
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
                               max_keepalive_connections=64)
         async with httpx.AsyncClient(transport=transport, limits=limits) as client:
             pool = UpstreamPool(settings.upstreams, client, settings.resilience)
+            app.state.metrics.watch_pool(pool)
             pipeline = Pipeline(bank, async_embedder, pool, settings.jisi.params(),
                                 embed_system_prompt=settings.embed_system_prompt)
             app.state.api_keys = api_keys(settings)
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     install_error_handlers(app)
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext)  # outermost: every response, even a 413, carries the request id
     return app
 
 
@@ -108,13 +111,17 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", choices=["json", "text"], default="json",
+                        help="json: one object per line with the request id (default); text: for a terminal")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
         settings = Settings()
     except Exception as exc:  # pydantic's message names every bad field
         sys.exit(f"jisi-gateway: invalid settings: {exc}")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    # log_config=None keeps our handler; our middleware writes the access log (with the request id)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+                log_config=None, access_log=False)
 
 
 def app_from_env() -> FastAPI:

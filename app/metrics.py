@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from typing import Any
 
-from app.upstream import CallResult
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from app.upstream import CallResult, UpstreamPool
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -29,6 +33,10 @@ class Metrics:
                                       registry=r)
         self.degraded = Counter("jisi_degraded", "Requests answered in a degraded way", registry=r)
 
+    def watch_pool(self, pool: UpstreamPool) -> None:
+        """Report each upstream's calls in flight, calls waiting and circuit state at every scrape."""
+        self.registry.register(_PoolCollector(pool))
+
     def observe_calls(self, calls: list[CallResult]) -> None:
         for call in calls:
             self.upstream_seconds.labels(call.model, call.role).observe(call.latency_s)
@@ -36,9 +44,29 @@ class Metrics:
             self.tokens.labels(call.model, "completion").inc(call.usage.completion_tokens)
             self.cost.labels(call.model).inc(call.cost_usd)
 
-    def observe_error(self, upstream: str, status: int | None, timeout: bool) -> None:
-        kind = "timeout" if timeout else (f"http_{status}" if status else "connection")
-        self.upstream_errors.labels(upstream, kind).inc()
+    def observe_error(self, error: dict[str, Any]) -> None:
+        """One failed upstream call, as UpstreamError.summary() describes it."""
+        status = error.get("status")
+        kind = ("overloaded" if error.get("overloaded") else "timeout" if error.get("timeout")
+                else f"http_{status}" if status else "connection")
+        self.upstream_errors.labels(error["model"], kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+
+    def collect(self):  # type: ignore[override]
+        in_flight = GaugeMetricFamily("jisi_upstream_in_flight", "Upstream calls in flight", labels=["upstream"])
+        waiting = GaugeMetricFamily("jisi_upstream_waiting", "Upstream calls waiting for a slot",
+                                    labels=["upstream"])
+        circuit = GaugeMetricFamily("jisi_upstream_circuit_open", "1 while the upstream's circuit is not closed",
+                                    labels=["upstream"])
+        for name, limit in self.pool.limits.items():
+            in_flight.add_metric([name], limit.in_flight)
+            waiting.add_metric([name], limit.waiting)
+            circuit.add_metric([name], float(self.pool.breakers[name].state != "closed"))
+        yield from (in_flight, waiting, circuit)

@@ -193,6 +193,9 @@ class Pipeline:
             raise APIError(504, f"no upstream answered within the request deadline of "
                            f"{self.pool.resilience.request_deadline_s:g}s", "upstream_error",
                            code="deadline_exceeded", details=trace.errors)
+        if not answered and trace.errors and all(e.get("overloaded") for e in trace.errors):
+            raise APIError(503, "every candidate upstream is at its concurrency limit with a full queue; retry "
+                           "shortly", "upstream_error", code="upstreams_overloaded", details=trace.errors)
         if not answered:
             raise APIError(502, "every candidate upstream failed: " + "; ".join(
                 f"{e['model']}: {e['message']}" for e in trace.errors), "upstream_error",
@@ -338,8 +341,7 @@ class Pipeline:
         try:
             answer = await self.pool.complete(models[j], body, "final", deadline=trace.deadline)
         except UpstreamError as exc:
-            raise APIError(502, f"upstream {exc.model} failed: {exc.message}", "upstream_error",
-                           code="upstreams_failed", details=[exc.summary()]) from None
+            raise exc.api_error() from None
         trace.phase("fanout", t)
         trace.calls.append(answer)
         trace.mode, trace.final, trace.answered_by = "route", [models[j]], models[j]

@@ -140,6 +140,41 @@ class CircuitBreaker:
         self._probe = False
 
 
+class QueueFull(Exception):
+    """Every slot of an upstream is taken and its waiting line is full: refuse now rather than hang."""
+
+
+class ConcurrencyLimit:
+    """At most `limit` calls in flight, at most `max_queue` more waiting for a slot; the rest refused at once.
+
+    An unbounded wait line turns overload into hangs and memory growth; a bounded one turns it into a
+    clear, immediate error the client can retry elsewhere or later.
+    """
+
+    def __init__(self, limit: int, max_queue: int) -> None:
+        self.limit = limit
+        self.max_queue = max_queue
+        self._slots = asyncio.Semaphore(limit)
+        self.in_flight = 0
+        self.waiting = 0
+
+    async def acquire(self, timeout_s: float) -> None:
+        """Take a slot, waiting at most timeout_s (TimeoutError); QueueFull at once when the line is full."""
+        if self._slots.locked() and self.waiting >= self.max_queue:
+            raise QueueFull(f"{self.in_flight} calls in flight and {self.waiting} waiting (the limits)")
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+
+
 async def gather_quorum(calls: dict[K, Awaitable[Any]], quorum: int, grace_s: float, deadline: float,
                         ) -> tuple[dict[K, Any], list[K], list[K]]:
     """Run the calls concurrently until `quorum` of them succeeded, then give the rest `grace_s` more.

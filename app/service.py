@@ -82,8 +82,8 @@ class Gateway:
         try:
             answer = await self.pool.complete(request.model, request.upstream_body(request.model), "passthrough")
         except UpstreamError as exc:
-            self.metrics.observe_error(exc.model, exc.status, exc.timeout)
-            raise _upstream_failure(exc) from None
+            self.metrics.observe_error(exc.summary())
+            raise exc.api_error() from None
         trace.phase("fanout", t)
         trace.calls.append(answer)
         trace.final, trace.answered, trace.answered_by = [answer.model], [answer.model], answer.model
@@ -92,14 +92,19 @@ class Gateway:
         return answer, trace
 
     def _observe(self, model: str, trace: Trace | None, status: str, started: float) -> None:
-        self.metrics.request_seconds.labels(model).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.metrics.request_seconds.labels(model).observe(elapsed)
         mode = trace.mode if trace else "none"
         self.metrics.requests.labels(model, mode, status).inc()
+        log.info("chat completion %s", status, extra={
+            "model": model, "mode": mode, "outcome": status, "duration_ms": round(1000 * elapsed, 2),
+            **({"final": trace.final, "cost_usd": trace.cost_usd, "degraded": trace.degraded,
+                "upstream_errors": trace.errors} if trace else {})})
         if trace is None:
             return
         self.metrics.observe_calls(trace.calls)
         for error in trace.errors:
-            self.metrics.observe_error(error["model"], error["status"], error["timeout"])
+            self.metrics.observe_error(error)
         for phase, ms in trace.timings_ms.items():
             self.metrics.phase_seconds.labels(phase).observe(ms / 1000)
         if model in VIRTUAL_MODELS:
@@ -152,7 +157,7 @@ class Gateway:
         except APIError as exc:
             yield sse_error(exc)
         except UpstreamError as exc:
-            yield sse_error(_upstream_failure(exc))
+            yield sse_error(exc.api_error())
         except Exception:  # a bug: still end the stream properly instead of cutting it
             log.exception("stream failed")
             yield sse_error(APIError(500, "internal error in the gateway", "api_error"))
@@ -228,9 +233,3 @@ class Gateway:
             "params": params.__dict__,
             "timings_ms": {k: round(v, 2) for k, v in trace.timings_ms.items()},
         }
-
-
-def _upstream_failure(exc: UpstreamError) -> APIError:
-    status = 504 if exc.timeout else 502
-    return APIError(status, f"upstream {exc.model} failed: {exc.message}", "upstream_error",
-                    code="upstream_timeout" if exc.timeout else "upstream_error", details=[exc.summary()])

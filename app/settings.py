@@ -81,7 +81,8 @@ class UpstreamSettings(BaseModel):
     input_usd_per_mtok: float = Field(0.0, ge=0)
     output_usd_per_mtok: float = Field(0.0, ge=0)
     timeout_s: float = Field(120.0, gt=0)
-    max_concurrency: int = Field(16, ge=1)
+    max_concurrency: int = Field(16, ge=1)  # calls in flight to this upstream
+    max_queue: int = Field(64, ge=0)  # calls waiting for a slot; more are refused (503) instead of piling up
     # a system prompt put before the conversation, and request fields used when the request leaves them
     # out (e.g. {"temperature": 0.2}): one served model can back several differently-behaving upstreams
     system_prompt: str | None = None

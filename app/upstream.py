@@ -6,15 +6,18 @@ import asyncio
 import json
 import os
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import httpx
 
+from app.errors import APIError
 from app.pricing import call_cost_usd, estimate_tokens
 from app.protocol import Usage
 from app.resilience import (
-    CircuitBreaker, ResilienceSettings, RetryPolicy, parse_retry_after, retryable_status,
+    CircuitBreaker, ConcurrencyLimit, QueueFull, ResilienceSettings, RetryPolicy, parse_retry_after,
+    retryable_status,
 )
 from app.settings import UpstreamSettings
 
@@ -23,7 +26,7 @@ class UpstreamError(Exception):
     """An upstream failed; `status` is its HTTP status, or None for a connection problem or timeout."""
 
     def __init__(self, model: str, message: str, status: int | None = None, timeout: bool = False,
-                 retry_after: float | None = None, breaker: bool = True) -> None:
+                 retry_after: float | None = None, breaker: bool = True, overloaded: bool = False) -> None:
         super().__init__(f"{model}: {message}")
         self.model = model
         self.message = message
@@ -31,9 +34,18 @@ class UpstreamError(Exception):
         self.timeout = timeout
         self.retry_after = retry_after  # seconds, from the upstream's Retry-After header
         self.breaker = breaker  # counts as a failure of the upstream (not e.g. a 400 for our request)
+        self.overloaded = overloaded  # refused by our own concurrency limit: the upstream was never called
 
     def summary(self) -> dict[str, Any]:
-        return {"model": self.model, "status": self.status, "timeout": self.timeout, "message": self.message}
+        return {"model": self.model, "status": self.status, "timeout": self.timeout,
+                "overloaded": self.overloaded, "message": self.message}
+
+    def api_error(self) -> APIError:
+        """What the client gets when this was the only call that could answer: 503, 504 or 502."""
+        status, code = (503, "upstream_overloaded") if self.overloaded else \
+            (504, "upstream_timeout") if self.timeout else (502, "upstream_error")
+        return APIError(status, f"upstream {self.model} failed: {self.message}", "upstream_error", code=code,
+                        details=[self.summary()])
 
 
 def _http_error(name: str, response: httpx.Response, secret: str) -> UpstreamError:
@@ -107,7 +119,7 @@ class UpstreamPool:
         self.resilience = resilience or ResilienceSettings()
         self.retry = RetryPolicy(self.resilience)
         self.breakers = {u.name: CircuitBreaker.from_settings(self.resilience) for u in upstreams}
-        self._limits = {u.name: asyncio.Semaphore(u.max_concurrency) for u in upstreams}
+        self.limits = {u.name: ConcurrencyLimit(u.max_concurrency, u.max_queue) for u in upstreams}
 
     def __contains__(self, name: str) -> bool:
         return name in self.upstreams
@@ -145,6 +157,22 @@ class UpstreamPool:
             body["messages"] = [{"role": "system", "content": upstream.system_prompt}, *body.get("messages", [])]
         return upstream, upstream.base_url.rstrip("/") + "/chat/completions", headers, body
 
+    @asynccontextmanager
+    async def _slot(self, name: str, budget: float) -> AsyncIterator[float]:
+        """Hold one of the upstream's slots; yields the attempt's budget left after waiting for it."""
+        limit, started = self.limits[name], time.monotonic()
+        try:
+            await limit.acquire(budget)
+        except QueueFull as exc:
+            raise UpstreamError(name, f"overloaded: {exc}; not called", breaker=False, overloaded=True) from None
+        except TimeoutError:
+            raise UpstreamError(name, f"no free slot within {budget:g}s ({limit.limit} calls in flight); "
+                                "not called", timeout=True, breaker=False) from None
+        try:
+            yield max(0.001, budget - (time.monotonic() - started))
+        finally:
+            limit.release()
+
     def _admit(self, name: str, last: UpstreamError | None) -> None:
         if not self.breakers[name].allow():  # a retry that just tripped the breaker reports the real error
             raise last or UpstreamError(name, "circuit open after repeated failures; not called", breaker=False)
@@ -153,6 +181,8 @@ class UpstreamPool:
         """Record a failed attempt; the wait before retrying, or re-raise when it is not retried."""
         breaker = self.breakers[exc.model]
         breaker.record_failure() if exc.breaker else breaker.release()
+        if exc.overloaded:  # retrying into our own full queue only adds load
+            raise exc
         wait = self.retry.delay(attempt, exc.status, exc.retry_after, deadline - time.monotonic())
         if wait is None:
             if attempt:
@@ -185,9 +215,9 @@ class UpstreamPool:
         body.pop("stream", None)
         body.pop("stream_options", None)
         budget, timeouts = self._timeouts(upstream, deadline, streaming=False)
-        async with self._limits[name]:
+        async with self._slot(name, budget) as left:
             try:
-                async with asyncio.timeout(budget):  # the total, which httpx's per-read timeouts do not bound
+                async with asyncio.timeout(left):  # the total, which httpx's per-read timeouts do not bound
                     response = await self.client.post(url, json=body, headers=headers, timeout=timeouts)
             except (httpx.TimeoutException, TimeoutError):
                 raise UpstreamError(name, f"timed out after {budget:g}s", timeout=True) from None
@@ -246,13 +276,13 @@ class UpstreamPool:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # servers that ignore it are counted instead
         budget, timeouts = self._timeouts(upstream, deadline, streaming=True)
-        ends = time.monotonic() + budget
-        async with self._limits[name]:
+        async with self._slot(name, budget) as left:
+            ends = time.monotonic() + left
             response: httpx.Response | None = None
             try:
                 request = self.client.build_request("POST", url, json=body, headers=headers, timeout=timeouts)
                 # asyncio.timeout only around awaits that do not yield to the consumer (safe in a generator)
-                async with asyncio.timeout(budget):
+                async with asyncio.timeout(left):
                     response = await self.client.send(request, stream=True)
                 if response.status_code >= 400:
                     async with asyncio.timeout(max(0.001, ends - time.monotonic())):

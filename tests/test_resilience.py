@@ -9,7 +9,8 @@ from email.utils import formatdate
 import pytest
 
 from app.resilience import (
-    CircuitBreaker, ResilienceSettings, RetryPolicy, gather_quorum, parse_retry_after, retryable_status,
+    CircuitBreaker, ConcurrencyLimit, QueueFull, ResilienceSettings, RetryPolicy, gather_quorum, parse_retry_after,
+    retryable_status,
 )
 
 
@@ -129,3 +130,23 @@ async def test_gather_quorum_cancels_stragglers_after_the_grace_period():
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_concurrency_limit_queues_up_to_max_queue_then_refuses():
+    limit = ConcurrencyLimit(limit=1, max_queue=1)
+    await limit.acquire(1.0)
+    waiter = asyncio.ensure_future(limit.acquire(1.0))
+    await asyncio.sleep(0.01)
+    assert (limit.in_flight, limit.waiting) == (1, 1)
+    with pytest.raises(QueueFull):  # one in flight, one waiting: the third is refused at once
+        await limit.acquire(1.0)
+    limit.release()
+    await waiter  # the waiter got the freed slot
+    assert (limit.in_flight, limit.waiting) == (1, 0)
+    with pytest.raises(TimeoutError):  # a wait longer than its budget gives up and leaves the line
+        await limit.acquire(0.02)
+    assert limit.waiting == 0
+    limit.release()
+    await limit.acquire(0.01)
+    assert limit.in_flight == 1

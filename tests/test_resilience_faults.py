@@ -233,3 +233,29 @@ async def test_the_quorum_cancels_a_hanging_straggler(mini_bank, bank_models, mi
             await asyncio.sleep(0.05)
         assert server.hits_for(straggler)[0].disconnected  # its connection was really closed
         await assert_next_request_is_normal(client, server)
+
+
+async def test_a_full_upstream_queue_is_a_clean_503_not_a_hang(mini_bank, bank_models, minilm, tmp_path, server):
+    settings = fault_settings(mini_bank, bank_models, tmp_path, server, timeout_s=5)
+    target = bank_models[0]
+    settings.upstreams[0] = settings.upstreams[0].model_copy(update={"max_concurrency": 1, "max_queue": 1})
+    async with gateway(settings, minilm) as client:
+        server.fail(target, Fault("slow", delay=0.5))
+        started = time.monotonic()
+
+        async def ask_after(delay: float) -> httpx.Response:
+            await asyncio.sleep(delay)  # in this order: in flight, queued, refused
+            return await ask(client, target)
+
+        first, second, third = await asyncio.gather(ask_after(0), ask_after(0.05), ask_after(0.1))
+        statuses = sorted(r.status_code for r in (first, second, third))
+        assert statuses == [200, 200, 503]  # one in flight, one queued, the third refused
+        refused = next(r for r in (first, second, third) if r.status_code == 503)
+        assert time.monotonic() - started < 2.5
+        assert_openai_error(refused, 503, "upstream_overloaded")
+        assert len(server.hits_for(target)) == 2  # the refused request never reached the upstream
+        metrics = (await client.get("/metrics")).text
+        assert f'jisi_upstream_errors_total{{kind="overloaded",upstream="{target}"}} 1.0' in metrics
+        assert f'jisi_upstream_waiting{{upstream="{target}"}} 0.0' in metrics
+        server.reset()
+        assert (await ask(client, target)).status_code == 200  # the next request is served normally
