@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -62,8 +61,9 @@ class AsyncEmbedder:
         self._carry: _Job | None = None  # taken from the queue but did not fit the last batch
         self._closed = False
         self._last_batch_jobs = 0  # >1 means we are under load: worth holding a batch open briefly
-        self.calls = 0  # model calls made (for tests and the bench)
+        self.calls = 0  # model calls made (exported as metrics)
         self.batched_requests = 0  # embed() requests served
+        self.texts = 0  # texts embedded
         self._worker = threading.Thread(target=self._run, name="embed-batcher", daemon=True)
         self._worker.start()
 
@@ -161,6 +161,7 @@ class AsyncEmbedder:
         finally:
             self.calls += 1
             self.batched_requests += len(batch)
+            self.texts += len(texts)
         start = 0
         for job in batch:
             end = start + len(job.texts)
@@ -178,40 +179,3 @@ class AsyncEmbedder:
                 pending.append(item)
         for job in pending:
             _settle(job, None, EmbedderClosed("the embedder was closed before this request was embedded"))
-
-
-class LoopLagProbe:
-    """Measures event-loop lag: how far asyncio.sleep(interval) overshoots. Blocking work on the loop shows
-    up here as lag, so a probe near zero under load means the loop kept serving."""
-
-    def __init__(self, interval_s: float = 0.01) -> None:
-        self.interval_s = interval_s
-        self.lags_ms: list[float] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start on the running loop (call from a coroutine on the loop being probed)."""
-        self._task = asyncio.get_running_loop().create_task(self._probe())
-
-    async def _probe(self) -> None:
-        while True:
-            t = time.perf_counter()
-            await asyncio.sleep(self.interval_s)
-            self.lags_ms.append(max(0.0, (time.perf_counter() - t - self.interval_s) * 1000))
-
-    async def stop(self) -> dict[str, float]:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        return self.summary()
-
-    def summary(self) -> dict[str, float]:
-        lags = sorted(self.lags_ms)
-        if not lags:
-            return {"samples": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
-        return {"samples": len(lags), "p50_ms": statistics.median(lags),
-                "p99_ms": lags[min(len(lags) - 1, int(0.99 * len(lags)))], "max_ms": lags[-1]}

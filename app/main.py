@@ -19,6 +19,7 @@ from app.embedder import Embedder, make_embedder
 from app.embedding_service import AsyncEmbedder
 from app.errors import install_error_handlers
 from app.logs import RequestContext, configure_logging
+from app.loop_lag import LoopLagProbe
 from app.metrics import Metrics
 from app.pipeline import Pipeline
 from app.service import Gateway
@@ -78,6 +79,9 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         async with httpx.AsyncClient(transport=transport, limits=limits) as client:
             pool = UpstreamPool(settings.upstreams, client, settings.resilience)
             app.state.metrics.watch_pool(pool)
+            app.state.metrics.watch_embedder(async_embedder)
+            probe = LoopLagProbe(interval_s=0.025, observe=app.state.metrics.loop_lag_seconds.observe, keep=1)
+            probe.start()
             pipeline = Pipeline(bank, async_embedder, pool, settings.jisi.params(),
                                 embed_system_prompt=settings.embed_system_prompt)
             app.state.api_keys = api_keys(settings)
@@ -89,6 +93,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
                 yield
             finally:
                 app.state.gateway = None
+                await probe.stop()
                 async_embedder.close()
 
     app = FastAPI(title="JiSi Gateway", version="0.1.0", lifespan=lifespan,

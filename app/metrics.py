@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from app.embedding_service import AsyncEmbedder
 from app.upstream import CallResult, UpstreamPool
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -32,6 +33,12 @@ class Metrics:
         self.support_capped = Counter("jisi_support_capped", "Requests whose support set hit max_support",
                                       registry=r)
         self.degraded = Counter("jisi_degraded", "Requests answered in a degraded way", registry=r)
+        self.loop_lag_seconds = Histogram("jisi_event_loop_lag_seconds", "How late the event loop woke a timer",
+                                          buckets=LATENCY_BUCKETS, registry=r)
+
+    def watch_embedder(self, embedder: AsyncEmbedder) -> None:
+        """Report the micro-batcher's model calls, requests and texts (requests per call = batching at work)."""
+        self.registry.register(_EmbedderCollector(embedder))
 
     def watch_pool(self, pool: UpstreamPool) -> None:
         """Report each upstream's calls in flight, calls waiting and circuit state at every scrape."""
@@ -70,3 +77,14 @@ class _PoolCollector(Collector):
             waiting.add_metric([name], limit.waiting)
             circuit.add_metric([name], float(self.pool.breakers[name].state != "closed"))
         yield from (in_flight, waiting, circuit)
+
+
+class _EmbedderCollector(Collector):
+    def __init__(self, embedder: AsyncEmbedder) -> None:
+        self.embedder = embedder
+
+    def collect(self):  # type: ignore[override]
+        e = self.embedder
+        yield CounterMetricFamily("jisi_embedding_model_calls", "Embedding model calls", value=e.calls)
+        yield CounterMetricFamily("jisi_embedding_requests", "Embedding requests served", value=e.batched_requests)
+        yield CounterMetricFamily("jisi_embedding_texts", "Texts embedded", value=e.texts)

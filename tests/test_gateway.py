@@ -9,6 +9,7 @@ tests/test_engine_flow.py), so every decision is known in advance.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -599,3 +600,19 @@ async def test_metrics_count_requests_modes_tokens_cost_and_errors(settings, fak
     assert cost == pytest.approx(routed["jisi"]["total_cost_usd"] + passed["jisi"]["total_cost_usd"])
     tokens = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("jisi_tokens_total{"))
     assert tokens == routed["usage"]["total_tokens"] + passed["usage"]["total_tokens"]
+
+
+async def test_metrics_show_embedding_batching_upstream_slots_and_loop_lag(settings, fake, minilm, bank_models):
+    async with running_gateway(settings, minilm, fake) as (app, client):
+        routed = (await post(client, chat_body("jisi", QUESTION, jisi={"mode": "route"}))).json()
+        await asyncio.sleep(0.06)  # at least one loop-lag sample (every 25 ms)
+        text = (await client.get("/metrics")).text
+    answered = len(routed["jisi"]["answered"])
+    assert "jisi_embedding_model_calls_total 2.0" in text  # the query, then the K responses: two calls
+    assert "jisi_embedding_requests_total 2.0" in text
+    assert f"jisi_embedding_texts_total {1.0 + answered}" in text
+    for model in bank_models:
+        assert f'jisi_upstream_in_flight{{upstream="{model}"}} 0.0' in text
+        assert f'jisi_upstream_circuit_open{{upstream="{model}"}} 0.0' in text
+    count = next(line for line in text.splitlines() if line.startswith("jisi_event_loop_lag_seconds_count"))
+    assert float(count.rsplit(" ", 1)[1]) >= 1
