@@ -92,6 +92,14 @@ class Prepared:
     fallback: CallResult | None = None  # best candidate, if the aggregator fails
 
 
+@dataclass
+class LiveEmbeddings:
+    """r_j = f1(y_j) of each answered candidate, filled in as the answers arrive."""
+
+    r: dict[int, np.ndarray] = field(default_factory=dict)
+    last_answer: float = 0.0  # time.perf_counter() of the last upstream answer
+
+
 def response_text(call: CallResult) -> str:
     """What gets embedded and aggregated: the content, or the tool calls when there is none."""
     if call.text:
@@ -187,8 +195,12 @@ class Pipeline:
             return await self._single_model(planned, estimate, budget, body, trace)
 
         answered: dict[int, CallResult] = {}
-        failed = await self._call_all(candidates, "candidate", body, answered, budget, trace)
-        t = trace.phase("fanout", t)
+        live = LiveEmbeddings()
+        failed = await self._call_all(candidates, "candidate", body, answered, budget, trace, live)
+        # the fan-out ends with the last upstream answer; embedding after it is the part that adds latency
+        last_answer = live.last_answer or time.perf_counter()
+        trace.timings_ms["fanout"] = 1000 * (last_answer - t)
+        t = trace.phase("embed_responses", last_answer)
         if not answered and trace.remaining_s() <= 0:
             raise APIError(504, f"no upstream answered within the request deadline of "
                            f"{self.pool.resilience.request_deadline_s:g}s", "upstream_error",
@@ -203,11 +215,10 @@ class Pipeline:
         trace.answered = [models[j] for j in answered]
 
         live_models = np.fromiter(answered, dtype=np.int64)
-        r_live = await self.embedder.embed([response_text(answered[j]) for j in live_models])
-        t = trace.phase("embed_responses", t)
-        live = LiveResponses(models=live_models, r=r_live,
-                             c=np.array([answered[j].usage.completion_tokens for j in live_models], float))
-        decision = engine.decide(planned, self.bank.view(support.ids, live_models), live, params, mode, eligible)
+        responses = LiveResponses(models=live_models, r=np.stack([live.r[j] for j in live_models]),
+                                  c=np.array([answered[j].usage.completion_tokens for j in live_models], float))
+        decision = engine.decide(planned, self.bank.view(support.ids, live_models), responses, params, mode,
+                                 eligible)
         trace.gf = _scores(models, decision.mixed.gf)
         final = [int(j) for j in decision.final]
         t = trace.phase("decide", t)
@@ -280,8 +291,18 @@ class Pipeline:
 
     # -- helpers -----------------------------------------------------------------------------------
 
+    async def _call(self, j: int, body: dict[str, Any], role: str, trace: Trace,
+                    live: LiveEmbeddings | None) -> CallResult:
+        result = await self.pool.complete(self.bank.models[j], body, role, deadline=trace.deadline)
+        if live is not None:
+            # r_j = f1(y_j) right away, while slower candidates are still answering: only the embedding of
+            # the last answer adds to the request's latency (and the batcher merges concurrent ones)
+            live.last_answer = max(live.last_answer, time.perf_counter())
+            live.r[j] = (await self.embedder.embed([response_text(result)]))[0]
+        return result
+
     async def _call_all(self, models: list[int], role: str, body: dict[str, Any], answered: dict[int, CallResult],
-                        budget: Budget, trace: Trace) -> set[int]:
+                        budget: Budget, trace: Trace, live: LiveEmbeddings | None = None) -> set[int]:
         """Call these models concurrently; record answers in `answered`, failures in the trace (degraded).
 
         Candidates stop at the quorum (plus a grace period); whoever is still running then, or at the
@@ -290,7 +311,7 @@ class Pipeline:
         names = self.bank.models
         settings = self.pool.resilience
         quorum = (settings.quorum or len(models)) if role == "candidate" else len(models)
-        calls = {j: self.pool.complete(names[j], body, role, deadline=trace.deadline) for j in models}
+        calls = {j: self._call(j, body, role, trace, live) for j in models}
         # a safety net just past the deadline: the calls' own timeouts (clearer errors) normally fire first
         results, after_quorum, at_deadline = await gather_quorum(
             calls, quorum, settings.quorum_grace_s, (trace.deadline or self.pool.deadline()) + 0.1)

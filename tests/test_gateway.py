@@ -608,9 +608,11 @@ async def test_metrics_show_embedding_batching_upstream_slots_and_loop_lag(setti
         await asyncio.sleep(0.06)  # at least one loop-lag sample (every 25 ms)
         text = (await client.get("/metrics")).text
     answered = len(routed["jisi"]["answered"])
-    assert "jisi_embedding_model_calls_total 2.0" in text  # the query, then the K responses: two calls
-    assert "jisi_embedding_requests_total 2.0" in text
-    assert f"jisi_embedding_texts_total {1.0 + answered}" in text
+    totals = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line.startswith("jisi_embedding_")}
+    # the query, then each response as it arrives; responses arriving together share a model call
+    assert totals["jisi_embedding_requests_total"] == totals["jisi_embedding_texts_total"] == 1 + answered
+    assert 2 <= totals["jisi_embedding_model_calls_total"] <= 1 + answered
     for model in bank_models:
         assert f'jisi_upstream_in_flight{{upstream="{model}"}} 0.0' in text
         assert f'jisi_upstream_circuit_open{{upstream="{model}"}} 0.0' in text
