@@ -6,7 +6,7 @@ import hmac
 import uuid
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from app.errors import APIError
 from app.logs import current_request_id
@@ -14,6 +14,13 @@ from app.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, M
 
 router = APIRouter()
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 502, 503, 504)}
+# with `stream: true` the 200 is an event stream, not JSON (documented so clients and fuzzers expect it)
+STREAM_200 = {200: {"description": "A chat.completion, or with `stream: true` an SSE stream of "
+                                   "chat.completion.chunk events ending with `data: [DONE]`",
+                    "content": {"text/event-stream": {"schema": {  # OpenAPI 3.1: the schema of one event
+                        "type": "object", "required": ["data"],
+                        "properties": {"data": {"type": "string", "description": "a chat.completion.chunk or an "
+                                                "OpenAI error object as JSON, or the final `[DONE]`"}}}}}}}
 
 
 def request_id(request: Request) -> str:
@@ -38,7 +45,7 @@ def authorize(request: Request) -> None:
                        "authentication_error", code="invalid_api_key")
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS,
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**STREAM_200, **ERRORS},
              dependencies=[Depends(authorize)])
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     gateway = request.app.state.gateway
@@ -51,7 +58,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
 
 
-@router.get("/v1/models", response_model=ModelList, dependencies=[Depends(authorize)])
+@router.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}},
+            dependencies=[Depends(authorize)])
 async def list_models(request: Request) -> ModelList:
     return request.app.state.gateway.models()
 
@@ -66,7 +74,8 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "still loading: {\"status\": \"loading\"}",
+                                       "content": {"application/json": {"schema": {"type": "object"}}}}})
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     ready = getattr(state, "gateway", None) is not None
@@ -79,6 +88,6 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")

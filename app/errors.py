@@ -41,7 +41,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return "invalid request body", None
     first = errors[0]
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    # a whole-body check (protocol.valid_json_values) names the offending path in its context instead
+    param = ".".join(loc) or (first.get("ctx") or {}).get("param") or None
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
@@ -62,7 +63,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                  405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}
-        return error_response(APIError(exc.status_code, str(exc.detail), kinds.get(exc.status_code, "api_error")))
+        # keep the exception's headers: a 405 must carry `Allow` (RFC 9110), a 401 `WWW-Authenticate`
+        return error_response(APIError(exc.status_code, str(exc.detail), kinds.get(exc.status_code, "api_error")),
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

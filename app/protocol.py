@@ -2,41 +2,72 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
-def valid_unicode(data: Any) -> Any:
-    """Refuse strings holding lone surrogates: JSON allows escapes like "\\ud800", but such text can be
-    neither embedded nor sent upstream as UTF-8 (it was a 500 instead of a 400)."""
-    stack = [data]
+MAX_JSON_DEPTH = 100  # arrays/objects inside one another; far beyond any real request (tool schemas included)
+
+
+def _path(parts: tuple[Any, ...]) -> str:
+    # keys may themselves be invalid Unicode: escape them, the path goes back to the client in the error
+    return ".".join(str(p).encode("utf-8", "backslashreplace").decode("utf-8") for p in parts)
+
+
+def valid_json_values(data: Any) -> Any:
+    """Refuse what parses but cannot be passed on, anywhere in the body (unknown fields are forwarded upstream):
+
+    - strings holding lone surrogates: JSON allows escapes like "\\ud800", but such text can be neither embedded
+      nor sent upstream as UTF-8 (it was a 500 instead of a 400);
+    - numbers that are not finite: `NaN` / `Infinity` literals, or a literal beyond the double range such as
+      `1e999`; the upstream request cannot be encoded as JSON with them (found by fuzzing: a 500);
+    - nesting deeper than MAX_JSON_DEPTH: a body that parses just below Python's recursion limit overflowed it
+      when encoded again for the upstream (found by fuzzing: a 500 at about 910 levels).
+
+    The error names the offending value's path (as `param`), never its text.
+    """
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
     while stack:
-        item = stack.pop()
+        item, path = stack.pop()
         if isinstance(item, str):
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                raise ValueError("the request holds a string that is not valid Unicode (a lone surrogate "
-                                 "escape such as \\ud800)") from None
+                raise PydanticCustomError("invalid_unicode", "the request holds a string that is not valid Unicode "
+                                          "(a lone surrogate escape such as \\ud800)", {"param": _path(path)}) from None
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise PydanticCustomError("non_finite_number", "the request holds a number that is not finite (NaN, "
+                                      "Infinity, or beyond the double range like 1e999)", {"param": _path(path)})
+        elif isinstance(item, (dict, list)) and len(path) >= MAX_JSON_DEPTH:
+            raise PydanticCustomError("too_deep", f"the request is nested more than {MAX_JSON_DEPTH} levels deep",
+                                      {"param": _path(path[:8]) + "..."})
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            for key, value in item.items():
+                stack.append((key, path))
+                stack.append((value, (*path, key)))
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((value, (*path, i)) for i, value in enumerate(item))
     return data
 
 
+# Requests are validated strictly, as their JSON schema says: no silent coercion of "0.5" to a number, 0 or
+# "yes" to a boolean, or 5.0 to an integer (the published schema and what is accepted agree; found by fuzzing).
+STRICT = True
+
+
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=STRICT)
     type: str
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=STRICT)
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -53,14 +84,14 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=STRICT)
     include_usage: bool = False
 
 
 class JiSiOverrides(BaseModel):
     """Per-request overrides, sent as the body field `jisi` (OpenAI SDK: extra_body={"jisi": {...}})."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=STRICT)
     k: int | None = Field(None, ge=1, le=16)
     n_base: int | None = Field(None, ge=1)
     gamma: float | None = Field(None, ge=0, le=1)
@@ -77,11 +108,14 @@ class JiSiOverrides(BaseModel):
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
 
+EXAMPLE_MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
 class ChatCompletionRequest(BaseModel):
     # unknown fields are tolerated and forwarded upstream untouched
-    model_config = ConfigDict(extra="allow")
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
+    model_config = ConfigDict(extra="allow", strict=STRICT)
+    model: str = Field(examples=["jisi", "jisi-route", "jisi-aggregate"])  # or an upstream's name: GET /v1/models
+    messages: list[ChatMessage] = Field(min_length=1, examples=[EXAMPLE_MESSAGES])
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -99,8 +133,8 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        return valid_unicode(data)
+    def _valid_json_values(cls, data: Any) -> Any:
+        return valid_json_values(data)
 
     @field_validator("n")
     @classmethod
@@ -217,13 +251,13 @@ class ErrorResponse(BaseModel):
 class RouteRequest(BaseModel):
     """Body of POST /v1/jisi/route: a chat request, answered with decisions and no upstream call."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=STRICT)
     model: str = "jisi"
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, examples=[EXAMPLE_MESSAGES])
     jisi: JiSiOverrides | None = None
     neighbours: int = Field(10, ge=0, le=100)
 
     @model_validator(mode="before")
     @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        return valid_unicode(data)
+    def _valid_json_values(cls, data: Any) -> Any:
+        return valid_json_values(data)

@@ -67,6 +67,12 @@ INVALID = {
     "no text to route on": ({"model": "jisi", "messages": [{"role": "user", "content": "   "}]}, "messages"),
     "only an image": ({"model": "jisi-route", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, "messages"),
+    # strict types, as the published schema says (found by fuzzing: these were silently coerced)
+    "include_usage 0": ({"model": "jisi", "messages": USER, "stream_options": {"include_usage": 0}},
+                        "stream_options.include_usage"),
+    "temperature a numeric string": ({"model": "jisi", "messages": USER, "temperature": "0.5"}, "temperature"),
+    "max_tokens a float": ({"model": "jisi", "messages": USER, "max_tokens": 5.0}, "max_tokens"),
+    "n a string": ({"model": "jisi", "messages": USER, "n": "1"}, "n"),
 }
 
 
@@ -83,6 +89,24 @@ async def test_invalid_requests_are_400(settings, fake, minilm, name, stream):
     assert fake.calls == []
 
 
+# found by fuzzing (tests/test_fuzz.py): values that parse but could not be encoded again for the upstream (a 500)
+NON_SENDABLE = {  # name: (body, the param the 400 names)
+    "Infinity in an unknown field": (b'{"model": "gemini-1_5-flash", "messages": [{"role": "user", "content": '
+                                     b'"hi"}], "logit_bias": {"42": Infinity}}', "logit_bias.42"),
+    "1e999 in a tool schema": (b'{"model": "jisi", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": '
+                               b'"function", "function": {"name": "f", "parameters": {"maximum": 1e999}}}]}',
+                               "tools.0.function.parameters.maximum"),
+    "NaN in a message's extra field": (b'{"model": "jisi-route", "messages": [{"role": "user", "content": "hi", '
+                                       b'"weight": NaN}]}', "messages.0.weight"),
+    "nested 910 deep": (b'{"model": "gemini-1_5-flash", "messages": [{"role": "user", "content": "hi"}], '
+                        b'"metadata": ' + b"[" * 910 + b"]" * 910 + b"}", "metadata.0.0.0.0.0.0.0..."),
+    "nested 101 deep": (b'{"model": "jisi", "messages": [{"role": "user", "content": "hi"}], "metadata": '
+                        + b'{"a": ' * 101 + b"1" + b"}" * 101 + b"}", "metadata.a.a.a.a.a.a.a..."),
+    "lone surrogate in a tool name": (b'{"model": "jisi", "messages": [{"role": "user", "content": "hi"}], '
+                                      b'"tools": [{"type": "function", "function": {"name": "f\\udc00"}}]}',
+                                      "tools.0.function.name"),
+}
+
 RAW_BODIES = {
     "invalid JSON": b'{"model": "jisi", "messages": [',
     "not UTF-8": b'\xff\xfe{"model": "jisi"}',
@@ -97,6 +121,7 @@ RAW_BODIES = {
     "NaN temperature": b'{"model": "jisi", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
     "NaN t": b'{"model": "jisi", "messages": [{"role": "user", "content": "hi"}], "jisi": {"t": NaN}}',
     "huge seed": b'{"model": "jisi", "messages": [{"role": "user", "content": "hi"}], "seed": 1e30}',
+    **{name: raw for name, (raw, _) in NON_SENDABLE.items()},
 }
 
 
@@ -112,6 +137,19 @@ async def test_malformed_bodies_are_400_never_500(settings, fake, minilm, name):
         assert error["message"] == "the request body is not valid JSON"
     # the dry run ignores sampling fields, so some of these are fine there; none may be a 500
     assert dry.status_code in (200, 400) and ("error" in dry.json()) == (dry.status_code == 400)
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("name", list(NON_SENDABLE))
+async def test_values_that_cannot_be_sent_upstream_are_400_naming_their_path(settings, fake, minilm, name, stream):
+    raw, param = NON_SENDABLE[name]
+    if stream:
+        raw = raw[:-1] + b', "stream": true}'
+    async with running_gateway(settings, minilm, fake, raise_app_exceptions=False) as (app, client):
+        r = await client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    error = assert_openai_error(r, 400, "invalid_request_error")
+    assert error["param"] == param and error["message"].startswith(param + ": ")
     assert fake.calls == []
 
 
@@ -175,6 +213,17 @@ async def test_unknown_path_and_method_are_openai_errors(settings, fake, minilm)
         method = await client.get("/v1/chat/completions")
     assert_openai_error(missing, 404, "not_found_error")
     assert_openai_error(method, 405, "invalid_request_error")
+
+
+async def test_405_names_the_allowed_methods(settings, fake, minilm):
+    """RFC 9110: a 405 carries `Allow` (found by fuzzing: the OpenAI-format handler dropped the header)."""
+    async with running_gateway(settings, minilm, fake) as (app, client):
+        chat = await client.put("/v1/chat/completions", json={"model": "jisi"})
+        models = await client.delete("/v1/models")
+    assert_openai_error(chat, 405, "invalid_request_error")
+    assert chat.headers["allow"] == "POST"
+    assert_openai_error(models, 405, "invalid_request_error")
+    assert models.headers["allow"] == "GET"
 
 
 # ------------------------------------------------------------------------------------------------
