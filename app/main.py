@@ -12,7 +12,7 @@ from typing import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from app.api import router
+from app.api import openapi_without_422, router
 from app.bank import Bank
 from app.body_limit import BodySizeLimit
 from app.embedder import Embedder, make_embedder
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.state.gateway = None
     install_error_handlers(app)
     app.include_router(router)
+    openapi_without_422(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)  # outermost: every response, even a 413, carries the request id
     return app

@@ -234,6 +234,8 @@ def test_openapi_documents_what_the_gateway_returns():
     for path in ("/v1/chat/completions", "/v1/jisi/route"):
         for status in ("400", "401", "413", "502", "503", "504"):
             assert content(path, "post", status) == {"application/json"}, (path, status)
+        assert "422" not in OPENAPI["paths"][path]["post"]["responses"]  # invalid input is OpenAI's 400
+    assert "HTTPValidationError" not in OPENAPI["components"]["schemas"]
 
 
 @schema.hook
