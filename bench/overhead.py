@@ -1,40 +1,38 @@
-"""Gateway overhead under load, over real loopback sockets, against a zero-latency stub upstream.
+"""Gateway overhead under load, over real loopback sockets, against a zero-latency stub upstream (issue 6).
 
+Three processes, so none borrows another's CPU time or GIL: the stub upstream (bench/stub_upstream.py), the
+gateway (uvicorn, configured by a YAML file, as deployed) and this client (httpx, bounded request loops).
 For concurrency 1, 4, 16, 64 and for pass-through and `jisi`: added latency (gateway percentile minus the
-same percentile of direct stub calls at the same concurrency), requests/s, the median phase split and the
-gateway's event-loop lag. In the same run, "the limit": the embedding model alone for one query plus K
-responses (two calls, as the pipeline makes them) and its batched throughput. Writes docs/benchmarks.md.
+same percentile of direct stub calls at the same concurrency), requests/s, the median phase split (from the
+answers' `jisi.timings_ms`), and from the gateway's /metrics: event-loop lag and embedding requests per
+model call (micro-batching at work).
 
-Layout: the stub upstream is a second uvicorn in a subprocess (so its CPU is not the gateway's); the gateway
-runs in-process on uvicorn in a thread with its own loop; the client (httpx.AsyncClient, bounded request
-loops) runs on the main thread. 2 CPU cores are shared by all three and the model.
+"The limit", in the same run: the embedding model alone, on a thread as the gateway runs it, for one query
+then K responses (the texts the stub answers), and its batched throughput; `jisi` is reported against it.
 
-Usage: python bench/overhead.py --bank /tmp/eval-mini/bank [--requests 200] [--out docs/benchmarks.md]
+Usage: python bench/overhead.py [--bank DIR] [--requests 256] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
+import os
 import statistics
-import subprocess
-import sys
-import threading
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
-from fastapi import FastAPI, Request
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.bank import read_manifest
 from app.embedder import SentenceTransformerEmbedder
-from app.embedding_service import AsyncEmbedder, LoopLagProbe
-from app.main import create_app
-from app.settings import EmbedderSettings, Settings, UpstreamSettings
+from load_test import ensure_bank, pct, start_gateway
+from report import write_section
+from stub_upstream import StubServer, answer_text
 
 QUESTIONS = [
     "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total?",
@@ -46,89 +44,19 @@ CONCURRENCY = [1, 4, 16, 64]
 K = 3
 
 
-def stub_app() -> FastAPI:
-    """A zero-latency OpenAI-compatible upstream: a fixed chat completion naming the requested model."""
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict[str, Any]:
-        body = await request.json()
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant",
-                                                     "content": f"{body['model']}: the answer is 42"},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 50, "completion_tokens": 12, "total_tokens": 62}}
-
-    return app
-
-
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(q * len(values)) - 1))]
-
-
-class GatewayThread:
-    """The gateway on uvicorn in a thread with its own event loop, with a loop-lag probe on that loop."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.sock = free_socket()
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-        self.probe = LoopLagProbe()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
-
-    async def _serve(self) -> None:
-        self.probe.start()
-        await self.server.serve(sockets=[self.sock])
-        await self.probe.stop()
-
-    def __enter__(self) -> "GatewayThread":
-        self.thread.start()
-        deadline = time.time() + 120
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("gateway did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def start_stub() -> tuple[subprocess.Popen[bytes], int]:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()  # the child binds it; a race on a loopback ephemeral port is unlikely
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(port)])
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"}, timeout=1)
-            return proc, port
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("stub upstream did not start")
+def question(i: int) -> str:
+    return f"{QUESTIONS[i % len(QUESTIONS)]} #{i}"
 
 
 async def load(client: httpx.AsyncClient, url: str, model: str, n: int, c: int) -> dict[str, Any]:
-    """n requests through c bounded request loops; latencies, requests/s and phase timings."""
+    """n requests through c bounded request loops (after c warm-up ones): latencies, requests/s, phases."""
     lat: list[float] = []
     phases: dict[str, list[float]] = {}
-    counter = iter(range(n + c))  # the first c (one per loop) are warm-up
+    counter = iter(range(n + c))
 
     async def worker() -> None:
         for i in counter:
-            body = {"model": model, "messages": [{"role": "user", "content": f"{QUESTIONS[i % 4]} #{i}"}]}
+            body = {"model": model, "messages": [{"role": "user", "content": question(i)}]}
             t = time.perf_counter()
             response = await client.post(url, json=body)
             ms = 1000 * (time.perf_counter() - t)
@@ -142,57 +70,88 @@ async def load(client: httpx.AsyncClient, url: str, model: str, n: int, c: int) 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(c)))
     wall = time.perf_counter() - start
-    return {"lat": lat, "rps": len(lat) / wall, "phases": {k: statistics.median(v) for k, v in phases.items()}}
+    return {"lat": lat, "rps": (n + c) / wall, "phases": {k: statistics.median(v) for k, v in phases.items()}}
 
 
-def embedding_limit(model: SentenceTransformerEmbedder, reps: int = 30) -> dict[str, float]:
-    """The model alone: one query then K responses (the pipeline's two calls), and batch-64 throughput."""
-    responses = [f"model-{j}: the answer is 42" for j in range(K)]
-    for q in QUESTIONS:  # warm-up
-        model.embed([q]), model.embed(responses)
-    times = []
-    for i in range(reps):
-        t = time.perf_counter()
-        model.embed([f"{QUESTIONS[i % 4]} #{i}"])
-        model.embed(responses)
-        times.append(1000 * (time.perf_counter() - t))
-    batch = [f"{QUESTIONS[i % 4]} #{i}" if i % (K + 1) == 0 else responses[i % K] for i in range(64)]
-    model.embed(batch)
-    n, t = 0, time.perf_counter()
-    while n < 10 or time.perf_counter() - t < 2.0:
-        model.embed(batch)
-        n += 1
-    texts_per_s = 64 * n / (time.perf_counter() - t)
-    return {"seq_ms": statistics.median(times), "texts_per_s": texts_per_s, "req_per_s": texts_per_s / (K + 1)}
+def gateway_counters(text: str) -> dict[str, Any]:
+    """Embedding counters and the loop-lag histogram buckets from the gateway's /metrics."""
+    out: dict[str, Any] = {"lag_buckets": {}}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith("jisi_embedding_") and s.name.endswith("_total"):
+                out[s.name] = s.value
+            elif s.name == "jisi_event_loop_lag_seconds_bucket":
+                out["lag_buckets"][float(s.labels["le"])] = s.value
+    return out
 
 
-async def drive(gw_port: int, stub_port: int, passthrough: str, n: int, gateway: GatewayThread,
-                service: AsyncEmbedder) -> dict[tuple[str, int], dict[str, Any]]:
+def lag_p99_bound_ms(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The smallest histogram bound that covers 99% of the loop-lag samples taken during a cell."""
+    delta = {le: after["lag_buckets"][le] - before["lag_buckets"].get(le, 0.0) for le in after["lag_buckets"]}
+    total = delta.get(float("inf"), 0.0)
+    if total == 0:
+        return "-"
+    bound = next(le for le in sorted(delta) if delta[le] >= 0.99 * total)
+    return "> 120000" if bound == float("inf") else f"<= {1000 * bound:g}"
+
+
+async def drive(gateway: str, stub: str, passthrough: str, n: int) -> dict[tuple[str, int], dict[str, Any]]:
     results: dict[tuple[str, int], dict[str, Any]] = {}
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
         for c in CONCURRENCY:
-            cell_n = max(n // 4, 50) if c == 1 else n
-            results[("direct", c)] = await load(client, f"http://127.0.0.1:{stub_port}/v1/chat/completions",
-                                                passthrough, cell_n, c)
-            for target in ("pass-through", "jisi"):
-                model = passthrough if target == "pass-through" else "jisi"
-                lag_from, calls, served = len(gateway.probe.lags_ms), service.calls, service.batched_requests
-                r = await load(client, f"http://127.0.0.1:{gw_port}/v1/chat/completions", model, cell_n, c)
-                lags = gateway.probe.lags_ms[lag_from:]
-                r["lag_p99"] = pct(lags, 0.99) if lags else 0.0
-                made = service.calls - calls
-                r["per_call"] = f"{(service.batched_requests - served) / made:.1f}" if made else "-"
+            cell_n = max(n // 4, 64) if c == 1 else n
+            results[("direct", c)] = await load(client, f"{stub}/v1/chat/completions", passthrough, cell_n, c)
+            for target, model in (("pass-through", passthrough), ("jisi", "jisi")):
+                before = gateway_counters((await client.get(f"{gateway}/metrics")).text)
+                r = await load(client, f"{gateway}/v1/chat/completions", model, cell_n, c)
+                after = gateway_counters((await client.get(f"{gateway}/metrics")).text)
+                r["lag_p99"] = lag_p99_bound_ms(before, after)
+                calls = after["jisi_embedding_model_calls_total"] - before["jisi_embedding_model_calls_total"]
+                served = after["jisi_embedding_requests_total"] - before["jisi_embedding_requests_total"]
+                r["per_call"] = f"{served / calls:.1f}" if calls else "-"
                 results[(target, c)] = r
                 print(f"  c={c:<3} {target:<13} {r['rps']:8.1f} req/s  p50 {pct(r['lat'], .5):7.2f} ms", flush=True)
     return results
 
 
-def report(results: dict[tuple[str, int], dict[str, Any]], limit: dict[str, float], batches: str) -> str:
-    lines = ["# Benchmarks", "", "## Gateway overhead (bench/overhead.py)", "",
-             "Zero-latency stub upstream (separate process, loopback); gateway on uvicorn in-process; client "
-             "httpx with bounded request loops; 2 CPU cores shared by client, gateway, stub and model. "
-             "Added latency = gateway percentile minus direct-stub percentile at the same concurrency.", "",
+def embedding_limit(model: SentenceTransformerEmbedder, passthrough_models: list[str], reps: int = 40) -> dict[str, float]:
+    """The model alone: one query, then the K responses the stub gives for it (the gateway embeds these),
+    sequentially; and throughput at batch 64 over the same mix of texts (1 query : K responses)."""
+    def responses(i: int) -> list[str]:
+        return [answer_text(m, question(i)) for m in passthrough_models[:K]]
+
+    for i in range(8):  # warm-up
+        model.embed([question(i)]), model.embed(responses(i))
+    times = []
+    for i in range(reps):
+        texts = responses(i)
+        t = time.perf_counter()
+        model.embed([question(i)])
+        model.embed(texts)
+        times.append(1000 * (time.perf_counter() - t))
+    batch = [t for i in range(16) for t in (question(i), *responses(i))]  # 64 texts
+    model.embed(batch)
+    n, t = 0, time.perf_counter()
+    while n < 10 or time.perf_counter() - t < 3.0:
+        model.embed(batch)
+        n += 1
+    texts_per_s = len(batch) * n / (time.perf_counter() - t)
+    return {"seq_ms": statistics.median(times), "texts_per_s": texts_per_s, "req_per_s": texts_per_s / (K + 1)}
+
+
+def limit_in_thread(models: list[str]) -> dict[str, float]:
+    """On a fresh thread, as the gateway's batcher runs the model (torch threading differs by thread)."""
+    model = SentenceTransformerEmbedder(max_seq_length=256)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(embedding_limit, model, models).result()
+
+
+def report(results: dict[tuple[str, int], dict[str, Any]], limit: dict[str, float], load: str) -> str:
+    lines = ["## Gateway overhead (bench/overhead.py)", "", "`python bench/overhead.py`", "",
+             "Zero-latency stub upstream, gateway and client in three processes on loopback (2 CPU cores shared "
+             "by all three and the embedding model). Added latency = gateway percentile minus direct-stub "
+             f"percentile at the same concurrency. {load}", "",
              "| target | c | added p50 ms | added p95 ms | added p99 ms | req/s | direct req/s | loop lag p99 ms "
              "| embed requests per model call |", "|---|---|---|---|---|---|---|---|---|"]
     for target in ("pass-through", "jisi"):
@@ -200,80 +159,62 @@ def report(results: dict[tuple[str, int], dict[str, Any]], limit: dict[str, floa
             r, d = results[(target, c)], results[("direct", c)]
             added = [pct(r["lat"], q) - pct(d["lat"], q) for q in (0.5, 0.95, 0.99)]
             lines.append(f"| {target} | {c} | {added[0]:.2f} | {added[1]:.2f} | {added[2]:.2f} | {r['rps']:.1f} "
-                         f"| {d['rps']:.1f} | {r['lag_p99']:.2f} | {r['per_call']} |")
-    lines += ["", "### `jisi` phase split (median ms, from `jisi.timings_ms`)", ""]
+                         f"| {d['rps']:.1f} | {r['lag_p99']} | {r['per_call']} |")
+    lines += ["", "`jisi` phase split (median ms, from `jisi.timings_ms`; `fanout` ends with the last upstream "
+              "answer, `embed_responses` is the embedding left after it):", ""]
     names = list(results[("jisi", 1)]["phases"])
     lines += ["| c | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for c in CONCURRENCY:
         ph = results[("jisi", c)]["phases"]
         lines.append(f"| {c} | " + " | ".join(f"{ph.get(k, 0):.2f}" for k in names) + " |")
-    j1 = results[("jisi", 1)]
+    j1, j64 = results[("jisi", 1)], results[("jisi", 64)]
     added1 = pct(j1["lat"], 0.5) - pct(results[("direct", 1)]["lat"], 0.5)
-    ratio_lat = added1 / limit["seq_ms"]
-    ratio_tp = results[("jisi", 64)]["rps"] / limit["req_per_s"]
-    lines += ["", "## The limit: the embedding model alone (same run)", "",
-              "- measured before and after the load cells; the better of the two is kept (shared machine)",
-              f"- one query + {K} responses (two calls, sequential, median): **{limit['seq_ms']:.2f} ms**",
-              f"- batched throughput at batch 64: **{limit['texts_per_s']:.0f} texts/s** = "
-              f"**{limit['req_per_s']:.0f} requests/s** (1+{K} texts per request)",
-              f"- `jisi` added p50 latency at c=1 / limit: **{ratio_lat:.2f}x** (target <= 1.2x)",
-              f"- `jisi` throughput at c=64 / model batched throughput: **{ratio_tp:.2f}x** (target >= 0.7x)",
-              f"- micro-batching: {batches}", ""]
+    p99_64 = pct(j64["lat"], 0.99)
+    lines += ["", "The limit: the embedding model alone, same run (better of before/after the load cells):", "",
+              f"- one query, then its {K} responses (two calls, as the gateway makes them; median): "
+              f"**{limit['seq_ms']:.2f} ms**",
+              f"- batched throughput at batch 64 over the same texts: **{limit['texts_per_s']:.0f} texts/s** = "
+              f"**{limit['req_per_s']:.1f} requests/s** (1+{K} texts per request)",
+              f"- `jisi` added p50 latency at c=1 / limit: **{added1 / limit['seq_ms']:.2f}x** (target <= 1.2x)",
+              f"- `jisi` throughput at c=64 / batched model throughput: **{j64['rps'] / limit['req_per_s']:.2f}x** "
+              f"(target >= 0.7x), p99 {p99_64:.0f} ms",
+              f"- pass-through added at c=64: p50 {pct(results[('pass-through', 64)]['lat'], .5) - pct(results[('direct', 64)]['lat'], .5):.2f} ms, "
+              f"p99 {pct(results[('pass-through', 64)]['lat'], .99) - pct(results[('direct', 64)]['lat'], .99):.2f} ms "
+              "(targets <= 2 ms and <= 10 ms)"]
     return "\n".join(lines)
-
-
-def limit_in_thread(model: SentenceTransformerEmbedder) -> dict[str, float]:
-    """The limit measured on a fresh thread, as the service runs the model: torch's intra-op (OpenMP)
-    threading differs between the main thread and others, and on a busy 2-core box by several times."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(embedding_limit, model).result()
-
-
-def run(bank: str, n: int, out: Path) -> None:
-    models = read_manifest(bank).models
-    model = SentenceTransformerEmbedder()
-    print("measuring the embedding limit ...", flush=True)
-    before = limit_in_thread(model)
-    print(f"  limit: {before['seq_ms']:.2f} ms for 1+{K}; {before['texts_per_s']:.0f} texts/s at batch 64", flush=True)
-    stub, stub_port = start_stub()
-    try:
-        upstreams = [UpstreamSettings(name=m, base_url=f"http://127.0.0.1:{stub_port}/v1", max_concurrency=256)
-                     for m in models]
-        settings = Settings(bank_path=bank, upstreams=upstreams, embedder=EmbedderSettings(cache_dir=None))
-        app = create_app(settings, embedder=model)
-        with GatewayThread(app) as gateway:
-            service = app.state.gateway.pipeline.embedder
-            results = asyncio.run(drive(gateway.port, stub_port, models[0], n, gateway, service))
-            batches = (f"{service.batched_requests} embed requests served in {service.calls} model calls "
-                       f"({service.batched_requests / max(service.calls, 1):.2f} requests per call)")
-    finally:
-        stub.terminate()
-        stub.wait(timeout=10)
-    after = limit_in_thread(model)  # again after the load: on a shared machine, keep the better of the two
-    print(f"  limit: {after['seq_ms']:.2f} ms for 1+{K}; {after['texts_per_s']:.0f} texts/s at batch 64", flush=True)
-    limit = {"seq_ms": min(before["seq_ms"], after["seq_ms"]),
-             "texts_per_s": max(before["texts_per_s"], after["texts_per_s"])}
-    limit["req_per_s"] = limit["texts_per_s"] / (K + 1)
-    text = report(results, limit, batches)
-    print("\n" + text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"written to {out}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bank")
-    parser.add_argument("--requests", type=int, default=200, help="requests per cell (a quarter at c=1)")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
-    parser.add_argument("--serve-stub", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--bank", type=Path, help="a bank folder (default: a mini-bench bank, built once)")
+    parser.add_argument("--requests", type=int, default=256, help="requests per cell (a quarter at c=1)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
-    if args.serve_stub:
-        uvicorn.run(stub_app(), host="127.0.0.1", port=args.serve_stub, log_level="warning", access_log=False)
-        return
-    if not args.bank:
-        parser.error("--bank is required")
-    run(args.bank, args.requests, args.out)
+    bank = ensure_bank(args.bank)
+    models = read_manifest(bank).models
+    print("measuring the embedding limit ...", flush=True)
+    before = limit_in_thread(models)
+    print(f"  limit: {before['seq_ms']:.2f} ms for 1+{K}; {before['texts_per_s']:.0f} texts/s at batch 64", flush=True)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp, StubServer() as stub:
+        upstreams = {m: (stub.base_url, m) for m in models}
+        gateway = start_gateway(Path(tmp), bank, upstreams)
+        try:
+            results = asyncio.run(drive(gateway.url, stub.url, models[0], args.requests))
+        finally:
+            gateway.stop()
+    load_after = os.getloadavg()
+    after = limit_in_thread(models)
+    print(f"  limit: {after['seq_ms']:.2f} ms for 1+{K}; {after['texts_per_s']:.0f} texts/s at batch 64", flush=True)
+    limit = {"seq_ms": min(before["seq_ms"], after["seq_ms"]),
+             "texts_per_s": max(before["texts_per_s"], after["texts_per_s"])}
+    limit["req_per_s"] = limit["texts_per_s"] / (K + 1)
+    load = (f"Load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, after "
+            f"{'/'.join(f'{x:.2f}' for x in load_after)}.")
+    text = report(results, limit, load)
+    print("\n" + text)
+    if not args.no_write:
+        print(f"written to {write_section('overhead', text)}")
 
 
 if __name__ == "__main__":
