@@ -8,7 +8,7 @@ Layout of a bank folder (format 1):
   c-<id>.npy               completion tokens c, N x M float32
   present-<id>.npy         presence mask, N x M bool (False = no record: masked out of every sum)
   queries-<id>.jsonl       query text, dataset label and record index per row (for explanations)
-  index-<id>.faiss         FAISS index over the query embeddings
+  index-<id>.faiss         FAISS index over the query embeddings (flat or IVF: app/bank_index.py)
 
 Files carry the id of the build that wrote them and the manifest names the ones in use. A build
 writes its files first and replaces manifest.json last (atomically), so a crash leaves the previous
@@ -28,6 +28,8 @@ import faiss
 import numpy as np
 from pydantic import BaseModel
 
+from app import bank_index
+from app.bank_index import BankIndexSettings
 from app.engine import SupportView
 
 FORMAT_VERSION = 1
@@ -72,7 +74,7 @@ class Manifest(BaseModel):
     split: dict[str, Any]  # how the bank's rows were chosen (seed, train ratio, part)
     sources: list[SourceInfo]
     files: BankFiles
-    index_type: str = "flat_ip"
+    index_type: str = "flat_ip"  # a value of bank_index.INDEX_TYPES (older banks: always flat_ip)
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -87,6 +89,9 @@ def read_manifest(path: Path) -> Manifest:
         raise BankError(
             f"{file} has bank format {manifest.format_version}; this version reads format {FORMAT_VERSION}"
         )
+    if manifest.index_type not in bank_index.INDEX_TYPES.values():
+        raise BankError(f"{file} has index type {manifest.index_type!r}; this version reads "
+                        f"{', '.join(bank_index.INDEX_TYPES.values())}")
     return manifest
 
 
@@ -100,9 +105,10 @@ class QueryInfo:
 class Bank:
     """A loaded bank. Arrays are read-only memory maps; safe to share across requests and threads."""
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
+    def __init__(self, path: Path, manifest: Manifest, index_settings: BankIndexSettings | None = None) -> None:
         self.path = Path(path)
         self.manifest = manifest
+        self.index_settings = index_settings or BankIndexSettings()  # search-time: nprobe, threads
         self.models: list[str] = list(manifest.models)
         self._model_index = {name: j for j, name in enumerate(self.models)}
         files = manifest.files
@@ -132,12 +138,19 @@ class Bank:
             wrong.append(f"{len(self.r)} response files for {m} models")
         if self.index.ntotal != n or self.index.d != d:
             wrong.append(f"index holds {self.index.ntotal} x {self.index.d} (expected {n} x {d})")
+        if bank_index.index_type(self.index) != self.manifest.index_type:
+            wrong.append(f"index is {bank_index.index_type(self.index)} (manifest says {self.manifest.index_type})")
         if wrong:
             raise BankError(f"bank at {self.path} is inconsistent: " + "; ".join(wrong))
 
     @classmethod
-    def load(cls, path: str | Path, *, embedder_name: str | None = None, dim: int | None = None) -> "Bank":
-        """Load a bank; when an embedder is given, refuse a bank built with another model or dimension."""
+    def load(cls, path: str | Path, *, embedder_name: str | None = None, dim: int | None = None,
+             index_settings: BankIndexSettings | None = None) -> "Bank":
+        """Load a bank; when an embedder is given, refuse a bank built with another model or dimension.
+
+        `index_settings` gives the search-time knobs (nprobe, search_threads); the index kind is the
+        one the bank was built with.
+        """
         path = Path(path)
         manifest = read_manifest(path)
         built = manifest.embedder
@@ -151,7 +164,7 @@ class Bank:
                 f"bank at {path} holds {built.dim}-dimensional embeddings but the configured embedder "
                 f"produces {dim}; rebuild the bank with this embedder"
             )
-        return cls(path, manifest)
+        return cls(path, manifest, index_settings)
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -181,10 +194,14 @@ class Bank:
     # -- search and gather -----------------------------------------------------------------------
 
     def search(self, e: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k bank queries by cosine similarity to e (normalised): (similarities, rows), descending."""
-        query = np.ascontiguousarray(np.asarray(e, dtype=np.float32).reshape(1, -1))
-        sims, ids = self.index.search(query, min(k, self.n_queries))
-        return sims[0], ids[0]
+        """Top-k bank queries by cosine similarity to e (normalised): (similarities, rows), descending.
+
+        An approximate index may find fewer than k; its -1 padding is dropped, so every row is real.
+        """
+        query = np.asarray(e, dtype=np.float32).reshape(1, -1)
+        sims, ids = bank_index.search(self.index, query, min(k, self.n_queries), self.index_settings)
+        found = ids[0] >= 0
+        return sims[0][found], ids[0][found]
 
     def view(self, ids: np.ndarray, live_models: np.ndarray) -> SupportView:
         """Bank rows of the support set I, with response embeddings for the live models only."""

@@ -71,7 +71,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # no disk cache on the request path: user text is not persisted, and live texts rarely repeat
         model = embedder or make_embedder(settings.embedder, use_cache=False)
-        bank = Bank.load(settings.bank_path, embedder_name=model.name, dim=model.dim)
+        bank = Bank.load(settings.bank_path, embedder_name=model.name, dim=model.dim,
+                         index_settings=settings.bank_index)
         validate(settings, bank)
         async_embedder = AsyncEmbedder(model, batching=settings.embedding_batching)
         limits = httpx.Limits(max_connections=sum(u.max_concurrency for u in settings.upstreams) + 16,

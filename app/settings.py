@@ -18,6 +18,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from app.bank_index import BankIndexSettings
 from app.engine.params import JiSiParams
 from app.resilience import ResilienceSettings
 
@@ -101,6 +102,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JISI_", env_nested_delimiter="__", extra="forbid")
 
     bank_path: Path = Path("banks/default")
+    bank_index: BankIndexSettings = BankIndexSettings()  # search-time index parameters (nprobe, threads)
     embedder: EmbedderSettings = EmbedderSettings()
     embedding_batching: BatchingSettings = BatchingSettings()
     jisi: JiSiSettings = JiSiSettings()

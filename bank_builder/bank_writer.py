@@ -13,7 +13,9 @@ from typing import BinaryIO, Callable
 import faiss
 import numpy as np
 
+from app import bank_index
 from app.bank import MANIFEST, Manifest, QueryInfo
+from app.bank_index import BankIndexSettings
 
 
 # files a build writes (and temporary files of a crashed one); anything else in the folder is left alone
@@ -54,11 +56,13 @@ def save_queries(out: Path, name: str, queries: list[QueryInfo]) -> str:
     return name
 
 
-def save_index(out: Path, name: str, e: np.ndarray) -> str:
-    """Exact inner-product index: on normalised vectors, inner product is cosine similarity."""
-    index = faiss.IndexFlatIP(e.shape[1])
-    index.add(np.ascontiguousarray(e, dtype=np.float32))
-    atomic_write(out / name, lambda handle: handle.write(faiss.serialize_index(index).tobytes()))
+def save_index(out: Path, name: str, e: np.ndarray, settings: BankIndexSettings | None = None) -> str:
+    """Index the query embeddings e (flat or IVF by `settings`, default auto: app/bank_index.py) and save it.
+
+    The manifest records the kind as bank_index.index_type_for(len(e), settings).
+    """
+    index = bank_index.build_index(e, settings or BankIndexSettings())
+    atomic_write(out / name, lambda handle: handle.write(faiss.serialize_index(index)))  # no copy: a buffer
     return name
 
 

@@ -13,6 +13,8 @@ from app.bank import (
     Bank, BankError, BankFiles, EmbedderInfo, Manifest, QueryInfo, SourceInfo, FORMAT_VERSION,
     read_manifest,
 )
+from app import bank_index
+from app.bank_index import BankIndexSettings
 from app.embedder import Embedder
 from app.engine import JiSiParams
 from bank_builder import bank_writer
@@ -60,15 +62,20 @@ def build_bank(
     *,
     params: JiSiParams,
     split: dict[str, Any],
+    index: BankIndexSettings | None = None,
     progress: bool = True,
 ) -> Manifest:
-    """Embed every query and response of `matrix` and write a bank at `out` (atomic replace)."""
+    """Embed every query and response of `matrix` and write a bank at `out` (atomic replace).
+
+    `index` chooses the search index (default: auto, exact up to its size threshold, IVF above).
+    """
     out = Path(out)
     if not matrix.queries:
         raise BankError("no records to build a bank from")
     build_id = bank_writer.new_build_id()
     e = embed_unique(embedder, matrix.queries, progress=progress)
     responses = embed_responses(matrix, embedder, progress=progress)
+    index = index or BankIndexSettings()
     out.mkdir(parents=True, exist_ok=True)
     queries = [QueryInfo(text=q, dataset=d, index=int(i))
                for q, d, i in zip(matrix.queries, matrix.datasets, matrix.indices)]
@@ -79,7 +86,7 @@ def build_bank(
         c=bank_writer.save_array(out, f"c-{build_id}.npy", _tokens(matrix)),
         present=bank_writer.save_array(out, f"present-{build_id}.npy", matrix.present.astype(bool)),
         queries=bank_writer.save_queries(out, f"queries-{build_id}.jsonl", queries),
-        index=bank_writer.save_index(out, f"index-{build_id}.faiss", e),
+        index=bank_writer.save_index(out, f"index-{build_id}.faiss", e, index),
     )
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -95,6 +102,7 @@ def build_bank(
         split=split,
         sources=[SourceInfo(path=p, sha256=h) for p, h in matrix.report.sources.items()],
         files=files,
+        index_type=bank_index.index_type_for(len(e), index),
     )
     bank_writer.commit(out, manifest)
     return manifest
@@ -102,6 +110,8 @@ def build_bank(
 
 def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, *, progress: bool = True) -> Manifest:
     """Add new models' records to an existing bank without re-embedding anything already in it.
+
+    The query embeddings do not change, so the bank keeps its index file (and index type) as it is.
 
     Records are matched to bank rows by (dataset, index); bank queries a new model did not answer are
     masked, and its records for queries outside the bank (e.g. the test split) are ignored and counted.

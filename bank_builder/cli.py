@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from app.bank import BankError, read_manifest
+from app.bank_index import BankIndexSettings
 from app.embedder import EmbedderError
 from app.settings import EmbedderSettings, Settings
 
@@ -62,6 +63,22 @@ def embedder_settings(args: argparse.Namespace) -> EmbedderSettings:
     return EmbedderSettings.model_validate(updated.model_dump())
 
 
+def _add_index_options(parser: argparse.ArgumentParser) -> None:
+    defaults = BankIndexSettings()
+    group = parser.add_argument_group("search index (see app/bank_index.py)")
+    group.add_argument("--index", choices=["auto", "flat", "ivf"], default=defaults.kind,
+                       help="flat: exact; ivf: approximate, for large banks; auto: flat up to --index-threshold "
+                            f"queries, ivf above (default: {defaults.kind})")
+    group.add_argument("--index-threshold", type=int, default=defaults.approximate_above, metavar="N",
+                       help=f"auto: the largest bank searched exactly (default: {defaults.approximate_above})")
+    group.add_argument("--nlist", type=int, default=defaults.nlist,
+                       help="ivf: number of k-means lists (default: 4 x sqrt(bank queries))")
+
+
+def index_settings(args: argparse.Namespace) -> BankIndexSettings:
+    return BankIndexSettings(kind=args.index, approximate_above=args.index_threshold, nlist=args.nlist)
+
+
 def _load(args: argparse.Namespace):
     from bank_builder.records import load_records
 
@@ -89,9 +106,10 @@ def cmd_build(args: argparse.Namespace) -> None:
         train, test = train_test_split(matrix.datasets, matrix.indices, seed=args.seed, train_ratio=args.train_ratio)
         matrix = matrix.subset(train if args.split == "train" else test)
     embedder = make_embedder(embedder_settings(args))
-    manifest = build_bank(matrix, embedder, args.out, params=Settings().jisi.params(), split=split)
+    manifest = build_bank(matrix, embedder, args.out, params=Settings().jisi.params(), split=split,
+                          index=index_settings(args))
     print(f"bank {manifest.build_id} written to {args.out}: {manifest.n_queries} queries, "
-          f"{len(manifest.models)} models, {manifest.n_records} records "
+          f"{len(manifest.models)} models, {manifest.n_records} records, {manifest.index_type} index "
           f"in {time.perf_counter() - started:.1f}s")
 
 
@@ -123,6 +141,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"models    {len(m.models)}  records {m.n_records} "
           f"({100 * m.n_records / max(1, m.n_queries * len(m.models)):.1f}% of the grid present)")
     print(f"embedder  {m.embedder.name} (d={m.embedder.dim}, max_seq_length={m.embedder.max_seq_length})")
+    print(f"index     {m.index_type}")
     print(f"split     {json.dumps(m.split)}")
     print(f"params    {json.dumps(m.params)}")
     print("sources   " + "\n          ".join(f"{s.path} sha256:{s.sha256[:16]}" for s in m.sources))
@@ -183,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True, type=Path, help="bank folder (replaced atomically)")
     build.add_argument("--split", choices=["all", "train", "test"], default="all",
                        help="which part of the paper's per-dataset split goes into the bank (default: all)")
+    _add_index_options(build)
     build.set_defaults(func=cmd_build)
 
     add = sub.add_parser("add-model", help="add new models' records to a bank without re-embedding the rest")
