@@ -252,6 +252,10 @@ def make_embedder(settings: EmbedderSettings, *, use_cache: bool = True) -> Embe
     """The configured backend, behind the embedding cache unless use_cache=False or cache_dir is None."""
     inner: Embedder
     if settings.backend == "local":
+        if settings.threads is not None:
+            import torch  # process-wide: the model is the process's only torch user
+
+            torch.set_num_threads(settings.threads)
         inner = SentenceTransformerEmbedder(settings.model, device=settings.device, batch_size=settings.batch_size,
                                             max_seq_length=settings.max_seq_length, normalize=settings.normalize)
     else:
