@@ -37,8 +37,8 @@ class EmbedderSettings(BaseModel):
     backend: Literal["local", "remote"] = "local"
     model: str = DEFAULT_EMBEDDING_MODEL  # a name, a local path, or the remote server's model id
     device: str = "cpu"
-    # torch intra-op threads for a local model; None keeps torch's default (one per core). On a small CPU box
-    # that also serves HTTP, 1 leaves a core to the event loop (measured in docs/benchmarks.md)
+    # torch intra-op threads for a local model; None keeps torch's default (one per core). 1 helps when other
+    # processes compete for the cores; on an otherwise idle 2-core box the default was faster (benchmarks.md)
     threads: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1)
     max_seq_length: int | None = Field(256, ge=8)
