@@ -20,6 +20,7 @@ from app.budget import Budget
 from app.embedding_service import AsyncEmbedder
 from app.engine import JiSiParams, LiveResponses, Mode
 from app.errors import APIError, bad_request
+from app.live_embeddings import LiveEmbeddings
 from app.pricing import estimate_cost_usd, estimate_tokens
 from app.protocol import ChatCompletionRequest
 from app.resilience import gather_quorum
@@ -90,14 +91,6 @@ class Prepared:
     aggregator: str | None = None
     aggregate_body: dict[str, Any] | None = None
     fallback: CallResult | None = None  # best candidate, if the aggregator fails
-
-
-@dataclass
-class LiveEmbeddings:
-    """r_j = f1(y_j) of each answered candidate, filled in as the answers arrive."""
-
-    r: dict[int, np.ndarray] = field(default_factory=dict)
-    last_answer: float = 0.0  # time.perf_counter() of the last upstream answer
 
 
 def response_text(call: CallResult) -> str:
@@ -195,8 +188,12 @@ class Pipeline:
             return await self._single_model(planned, estimate, budget, body, trace)
 
         answered: dict[int, CallResult] = {}
-        live = LiveEmbeddings()
-        failed = await self._call_all(candidates, "candidate", body, answered, budget, trace, live)
+        live = LiveEmbeddings(self.embedder.embed, expected=len(candidates))
+        try:
+            failed = await self._call_all(candidates, "candidate", body, answered, budget, trace, live)
+            await live.finish()
+        finally:
+            live.cancel()  # a no-op once finished; stops the embedding if the request itself was cancelled
         # the fan-out ends with the last upstream answer; embedding after it is the part that adds latency
         last_answer = live.last_answer or time.perf_counter()
         trace.timings_ms["fanout"] = 1000 * (last_answer - t)
@@ -293,12 +290,14 @@ class Pipeline:
 
     async def _call(self, j: int, body: dict[str, Any], role: str, trace: Trace,
                     live: LiveEmbeddings | None) -> CallResult:
-        result = await self.pool.complete(self.bank.models[j], body, role, deadline=trace.deadline)
+        try:
+            result = await self.pool.complete(self.bank.models[j], body, role, deadline=trace.deadline)
+        except BaseException:
+            if live is not None:
+                live.failed()
+            raise
         if live is not None:
-            # r_j = f1(y_j) right away, while slower candidates are still answering: only the embedding of
-            # the last answer adds to the request's latency (and the batcher merges concurrent ones)
-            live.last_answer = max(live.last_answer, time.perf_counter())
-            live.r[j] = (await self.embedder.embed([response_text(result)]))[0]
+            live.answered(j, response_text(result))  # embedded right away, while slower candidates answer
         return result
 
     async def _call_all(self, models: list[int], role: str, body: dict[str, Any], answered: dict[int, CallResult],

@@ -611,8 +611,9 @@ async def test_metrics_show_embedding_batching_upstream_slots_and_loop_lag(setti
     totals = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
               if line.startswith("jisi_embedding_")}
     # the query, then each response as it arrives; responses arriving together share a model call
-    assert totals["jisi_embedding_requests_total"] == totals["jisi_embedding_texts_total"] == 1 + answered
-    assert 2 <= totals["jisi_embedding_model_calls_total"] <= 1 + answered
+    assert totals["jisi_embedding_texts_total"] == 1 + answered
+    assert 2 <= totals["jisi_embedding_requests_total"] <= 1 + answered
+    assert totals["jisi_embedding_model_calls_total"] <= totals["jisi_embedding_requests_total"]
     for model in bank_models:
         assert f'jisi_upstream_in_flight{{upstream="{model}"}} 0.0' in text
         assert f'jisi_upstream_circuit_open{{upstream="{model}"}} 0.0' in text
