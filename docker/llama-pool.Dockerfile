@@ -6,9 +6,9 @@
 FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
-# llama.cpp tunes itself to the build machine's CPU by default; for an image that runs on other CPUs pass
-# e.g. --build-arg CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON"
-ARG CMAKE_ARGS=""
+# A portable AVX2 build: the default (-march=native) ties the image to the build machine's CPU, and crashed
+# on a CPU with AMX (scripts/llama-wheel.sh). Override with --build-arg CMAKE_ARGS="-DGGML_NATIVE=ON".
+ARG CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 RUN pip wheel --no-cache-dir --wheel-dir /wheels "llama-cpp-python[server]==0.3.36"
 
 FROM python:3.11-slim

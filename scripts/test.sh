@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+source scripts/llama-wheel.sh  # a portable llama.cpp build, cached per machine
 # torch is pinned in pyproject.toml (a CPU wheel is on disk; an unpinned torch pulls CUDA)
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,local]'
 .venv/bin/jisi-pool install
