@@ -138,8 +138,9 @@ class Bank:
             wrong.append(f"{len(self.r)} response files for {m} models")
         if self.index.ntotal != n or self.index.d != d:
             wrong.append(f"index holds {self.index.ntotal} x {self.index.d} (expected {n} x {d})")
-        if bank_index.index_type(self.index) != self.manifest.index_type:
-            wrong.append(f"index is {bank_index.index_type(self.index)} (manifest says {self.manifest.index_type})")
+        built = bank_index.index_type(self.index)
+        if built != self.manifest.index_type:
+            wrong.append(f"index is {built} (manifest says {self.manifest.index_type})")
         if wrong:
             raise BankError(f"bank at {self.path} is inconsistent: " + "; ".join(wrong))
 
