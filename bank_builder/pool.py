@@ -300,13 +300,22 @@ def _locked(state_dir: Path) -> Iterator[None]:
 
 # --- pool ----------------------------------------------------------------------------------------------
 
+def _server_env() -> dict[str, str]:
+    """Our environment minus the variables llama_cpp.server reads as its own settings: they have no prefix, so
+    a shell's PORT or MODEL (e.g. `PORT=8765 bash scripts/demo.sh`) would override the server's arguments."""
+    from llama_cpp.server.settings import Settings as LlamaServerSettings
+
+    own = {name.upper() for name in LlamaServerSettings.model_fields}
+    return {k: v for k, v in os.environ.items() if k.upper() not in own}
+
+
 def _launch(spec: ServerSpec, model_path: Path, state_dir: Path) -> ServerInfo:
     log = state_dir / f"{spec.name}.log"
     argv = spec.argv(model_path)
     with open(log, "wb") as out:  # this run only (the tail shown on failure); the child keeps its own fd
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True,  # detached: no terminal signals, own process group
-                                env=os.environ | {OWNER_ENV: str(state_dir.resolve())})
+                                env=_server_env() | {OWNER_ENV: str(state_dir.resolve())})
     _CHILDREN[proc.pid] = proc
     return ServerInfo(spec.name, spec.host, spec.port, proc.pid, argv, str(log), time.time())
 

@@ -165,3 +165,14 @@ def test_real_pool_answers_survives_a_killed_server_and_stops(local_pool: dict[s
     assert sorted(stop_pool(pool_session)) == ["gemma3-270m", "smollm2-concise"]
     assert not [pid for pid in recorded if pid_alive(pid)]
     assert not (pool_session / "pool.json").exists()
+
+
+def test_servers_do_not_inherit_variables_that_llama_cpp_reads_as_settings(monkeypatch) -> None:
+    from bank_builder.pool import _server_env
+
+    monkeypatch.setenv("PORT", "8765")  # e.g. `PORT=8765 bash scripts/demo.sh`: meant for the gateway
+    monkeypatch.setenv("n_ctx", "16")
+    monkeypatch.setenv("JISI_SOMETHING", "kept")
+    env = _server_env()
+    assert "PORT" not in env and "n_ctx" not in env
+    assert env["JISI_SOMETHING"] == "kept" and env["PATH"] == os.environ["PATH"]
