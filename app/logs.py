@@ -21,7 +21,9 @@ current_request_id: ContextVar[str | None] = ContextVar("jisi_request_id", defau
 access_log = logging.getLogger("jisi.access")
 
 # LogRecord attributes that are not user-supplied `extra` fields
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+# (and uvicorn's `color_message`, the same message with terminal colour codes)
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName",
+                                                                        "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
