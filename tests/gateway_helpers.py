@@ -215,7 +215,10 @@ async def running_gateway(settings: Settings, embedder, fake: FakeUpstreams | No
     raise_app_exceptions=False shows an unhandled exception as the 500 response a real client would get.
     """
     app = create_app(settings, embedder=embedder)
-    with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
+    # respx patches every httpx client (using="httpx", so it sees past the gateway's aiohttp transport):
+    # the test's own client to the app over ASGI passes through
+    with respx.mock(using="httpx", assert_all_mocked=True, assert_all_called=False) as router:
+        router.route(host="gw").pass_through()
         if fake is not None:
             router.post(url__regex=UPSTREAM_URL).mock(side_effect=fake.handle)
         async with app.router.lifespan_context(app):

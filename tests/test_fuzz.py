@@ -174,7 +174,7 @@ QUESTIONS = [
 def upstreams(bank_models):
     """The fake upstreams every fuzzed app talks to; respx refuses anything else (no network)."""
     fake = FakeUpstreams(list(bank_models))
-    with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
+    with respx.mock(using="httpx", assert_all_mocked=True, assert_all_called=False) as router:
         router.post(url__regex=UPSTREAM_URL).mock(side_effect=fake.handle)
         yield fake
 
