@@ -10,6 +10,7 @@ tests/test_engine_flow.py), so every decision is known in advance.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 
 import numpy as np
@@ -46,6 +47,13 @@ def assert_usage_is_sum_of_calls(data: dict, fake: FakeUpstreams) -> None:
 # ------------------------------------------------------------------------------------------------
 # catalogue and health
 # ------------------------------------------------------------------------------------------------
+
+
+async def test_startup_freezes_what_it_loaded_out_of_the_garbage_collectors_reach(settings, fake, minilm):
+    # a full collection over the model's and libraries' ~500k objects stalled the event loop ~200 ms
+    gc.unfreeze()
+    async with running_gateway(settings, minilm, fake):
+        assert gc.get_freeze_count() > 10_000
 
 
 async def test_models_lists_virtual_models_and_every_upstream(settings, fake, minilm, bank_models):
