@@ -1,7 +1,8 @@
 """Gateway overhead under load, over real loopback sockets, against a zero-latency stub upstream (issue 6).
 
 Three processes, so none borrows another's CPU time or GIL: the stub upstream (bench/stub_upstream.py), the
-gateway (uvicorn, configured by a YAML file, as deployed) and this client (httpx, bounded request loops).
+gateway (uvicorn, configured by a YAML file, as deployed) and this client (aiohttp on uvloop, bounded request
+loops: the cheapest well-kept Python client, so the client is not the bottleneck it was with httpx at c=64).
 For concurrency 1, 4, 16, 64 and for pass-through and `jisi`: added latency (gateway percentile minus the
 same percentile of direct stub calls at the same concurrency), requests/s, the median phase split (from the
 answers' `jisi.timings_ms`), and from the gateway's /metrics: event-loop lag and embedding requests per
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import tempfile
@@ -25,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
+import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.bank import read_manifest
@@ -48,7 +51,7 @@ def question(i: int) -> str:
     return f"{QUESTIONS[i % len(QUESTIONS)]} #{i}"
 
 
-async def load(client: httpx.AsyncClient, url: str, model: str, n: int, c: int) -> dict[str, Any]:
+async def load(client: aiohttp.ClientSession, url: str, model: str, n: int, c: int) -> dict[str, Any]:
     """n requests through c bounded request loops (after c warm-up ones): latencies, requests/s, phases."""
     lat: list[float] = []
     phases: dict[str, list[float]] = {}
@@ -58,13 +61,14 @@ async def load(client: httpx.AsyncClient, url: str, model: str, n: int, c: int) 
         for i in counter:
             body = {"model": model, "messages": [{"role": "user", "content": question(i)}]}
             t = time.perf_counter()
-            response = await client.post(url, json=body)
+            async with client.post(url, json=body) as response:
+                payload = await response.read()
             ms = 1000 * (time.perf_counter() - t)
             response.raise_for_status()
             if i < c:
                 continue
             lat.append(ms)
-            for phase, v in (response.json().get("jisi") or {}).get("timings_ms", {}).items():
+            for phase, v in (json.loads(payload).get("jisi") or {}).get("timings_ms", {}).items():
                 phases.setdefault(phase, []).append(v)
 
     start = time.perf_counter()
@@ -95,17 +99,22 @@ def lag_p99_bound_ms(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "> 120000" if bound == float("inf") else f"<= {1000 * bound:g}"
 
 
+async def metrics(client: aiohttp.ClientSession, gateway: str) -> dict[str, Any]:
+    async with client.get(f"{gateway}/metrics") as response:
+        return gateway_counters(await response.text())
+
+
 async def drive(gateway: str, stub: str, passthrough: str, n: int) -> dict[tuple[str, int], dict[str, Any]]:
     results: dict[tuple[str, int], dict[str, Any]] = {}
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+    connector = aiohttp.TCPConnector(limit=128)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
         for c in CONCURRENCY:
             cell_n = max(n // 4, 64) if c == 1 else n
             results[("direct", c)] = await load(client, f"{stub}/v1/chat/completions", passthrough, cell_n, c)
             for target, model in (("pass-through", passthrough), ("jisi", "jisi")):
-                before = gateway_counters((await client.get(f"{gateway}/metrics")).text)
+                before = await metrics(client, gateway)
                 r = await load(client, f"{gateway}/v1/chat/completions", model, cell_n, c)
-                after = gateway_counters((await client.get(f"{gateway}/metrics")).text)
+                after = await metrics(client, gateway)
                 r["lag_p99"] = lag_p99_bound_ms(before, after)
                 calls = after["jisi_embedding_model_calls_total"] - before["jisi_embedding_model_calls_total"]
                 served = after["jisi_embedding_requests_total"] - before["jisi_embedding_requests_total"]
@@ -200,7 +209,7 @@ def main() -> None:
         upstreams = {m: (stub.base_url, m) for m in models}
         gateway = start_gateway(Path(tmp), bank, upstreams)
         try:
-            results = asyncio.run(drive(gateway.url, stub.url, models[0], args.requests))
+            results = uvloop.run(drive(gateway.url, stub.url, models[0], args.requests))
         finally:
             gateway.stop()
     load_after = os.getloadavg()
