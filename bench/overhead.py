@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,6 +45,7 @@ QUESTIONS = [
     "Janet has 16 eggs a day, eats 3 and bakes with 4. She sells the rest at $2 each. How much does she make?",
 ]
 CONCURRENCY = [1, 4, 16, 64]
+SLOW_MS, SLOW_JITTER_MS = 200, 100  # upstream latency of the below-saturation pass-through cell
 K = 3
 
 
@@ -54,6 +56,7 @@ def question(i: int) -> str:
 async def load(client: aiohttp.ClientSession, url: str, model: str, n: int, c: int) -> dict[str, Any]:
     """n requests through c bounded request loops (after c warm-up ones): latencies, requests/s, phases."""
     lat: list[float] = []
+    by_index: dict[int, float] = {}
     phases: dict[str, list[float]] = {}
     counter = iter(range(n + c))
 
@@ -68,13 +71,14 @@ async def load(client: aiohttp.ClientSession, url: str, model: str, n: int, c: i
             if i < c:
                 continue
             lat.append(ms)
+            by_index[i] = ms
             for phase, v in (json.loads(payload).get("jisi") or {}).get("timings_ms", {}).items():
                 phases.setdefault(phase, []).append(v)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(c)))
     wall = time.perf_counter() - start
-    return {"lat": lat, "rps": (n + c) / wall, "phases": {k: statistics.median(v) for k, v in phases.items()}}
+    return {"lat": lat, "by_index": by_index, "rps": (n + c) / wall, "phases": {k: statistics.median(v) for k, v in phases.items()}}
 
 
 def gateway_counters(text: str) -> dict[str, Any]:
@@ -104,16 +108,25 @@ async def metrics(client: aiohttp.ClientSession, gateway: str) -> dict[str, Any]
         return gateway_counters(await response.text())
 
 
-async def drive(gateway: str, stub: str, passthrough: str, n: int) -> dict[tuple[str, int], dict[str, Any]]:
+def cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def drive(gateway: str, pid: int, stub: str, passthrough: str, n: int,
+                concurrency: list[int] = CONCURRENCY, targets: tuple[str, ...] = ("pass-through", "jisi"),
+                ) -> dict[tuple[str, int], dict[str, Any]]:
     results: dict[tuple[str, int], dict[str, Any]] = {}
     connector = aiohttp.TCPConnector(limit=128)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
-        for c in CONCURRENCY:
+        for c in concurrency:
             cell_n = max(n // 4, 64) if c == 1 else n
             results[("direct", c)] = await load(client, f"{stub}/v1/chat/completions", passthrough, cell_n, c)
-            for target, model in (("pass-through", passthrough), ("jisi", "jisi")):
-                before = await metrics(client, gateway)
+            for target in targets:
+                model = passthrough if target == "pass-through" else "jisi"
+                before, cpu = await metrics(client, gateway), cpu_s(pid)
                 r = await load(client, f"{gateway}/v1/chat/completions", model, cell_n, c)
+                r["cpu_ms"] = 1000 * (cpu_s(pid) - cpu) / (cell_n + c)  # the gateway's CPU per request
                 after = await metrics(client, gateway)
                 r["lag_p99"] = lag_p99_bound_ms(before, after)
                 calls = after["jisi_embedding_model_calls_total"] - before["jisi_embedding_model_calls_total"]
@@ -156,19 +169,20 @@ def limit_in_thread(models: list[str]) -> dict[str, float]:
         return pool.submit(embedding_limit, model, models).result()
 
 
-def report(results: dict[tuple[str, int], dict[str, Any]], limit: dict[str, float], load: str) -> str:
+def report(results: dict[tuple[str, int], dict[str, Any]], slow: dict[tuple[str, int], dict[str, Any]],
+           limit: dict[str, float], load: str) -> str:
     lines = ["## Gateway overhead (bench/overhead.py)", "", "`python bench/overhead.py`", "",
              "Zero-latency stub upstream, gateway and client in three processes on loopback (2 CPU cores shared "
              "by all three and the embedding model). Added latency = gateway percentile minus direct-stub "
              f"percentile at the same concurrency. {load}", "",
-             "| target | c | added p50 ms | added p95 ms | added p99 ms | req/s | direct req/s | loop lag p99 ms "
-             "| embed requests per model call |", "|---|---|---|---|---|---|---|---|---|"]
+             "| target | c | added p50 ms | added p95 ms | added p99 ms | req/s | direct req/s | gateway CPU ms "
+             "per request | loop lag p99 ms | embed requests per model call |", "|---|---|---|---|---|---|---|---|---|---|"]
     for target in ("pass-through", "jisi"):
         for c in CONCURRENCY:
             r, d = results[(target, c)], results[("direct", c)]
             added = [pct(r["lat"], q) - pct(d["lat"], q) for q in (0.5, 0.95, 0.99)]
             lines.append(f"| {target} | {c} | {added[0]:.2f} | {added[1]:.2f} | {added[2]:.2f} | {r['rps']:.1f} "
-                         f"| {d['rps']:.1f} | {r['lag_p99']} | {r['per_call']} |")
+                         f"| {d['rps']:.1f} | {r['cpu_ms']:.2f} | {r['lag_p99']} | {r['per_call']} |")
     lines += ["", "`jisi` phase split (median ms, from `jisi.timings_ms`; `fanout` ends with the last upstream "
               "answer, `embed_responses` is the embedding left after it):", ""]
     names = list(results[("jisi", 1)]["phases"])
@@ -184,12 +198,25 @@ def report(results: dict[tuple[str, int], dict[str, Any]], limit: dict[str, floa
               f"**{limit['seq_ms']:.2f} ms**",
               f"- batched throughput at batch 64 over the same texts: **{limit['texts_per_s']:.0f} texts/s** = "
               f"**{limit['req_per_s']:.1f} requests/s** (1+{K} texts per request)",
-              f"- `jisi` added p50 latency at c=1 / limit: **{added1 / limit['seq_ms']:.2f}x** (target <= 1.2x)",
+              f"- `jisi` added p50 latency at c=1 / limit: **{added1 / limit['seq_ms']:.2f}x** (target <= 1.2x); "
+              f"the gateway's own part of it (`timings_ms.overhead`: the request's time minus its upstream "
+              f"phases, i.e. without the aggregator and final-set round trips the method adds): "
+              f"{j1['phases']['overhead']:.2f} ms = **{j1['phases']['overhead'] / limit['seq_ms']:.2f}x**",
               f"- `jisi` throughput at c=64 / batched model throughput: **{j64['rps'] / limit['req_per_s']:.2f}x** "
               f"(target >= 0.7x), p99 {p99_64:.0f} ms",
               f"- pass-through added at c=64: p50 {pct(results[('pass-through', 64)]['lat'], .5) - pct(results[('direct', 64)]['lat'], .5):.2f} ms, "
               f"p99 {pct(results[('pass-through', 64)]['lat'], .99) - pct(results[('direct', 64)]['lat'], .99):.2f} ms "
               "(targets <= 2 ms and <= 10 ms)"]
+    sp, sd = slow[("pass-through", 64)], slow[("direct", 64)]
+    paired = [sp["by_index"][i] - sd["by_index"][i] for i in sp["by_index"] if i in sd["by_index"]]
+    s_added = [pct(paired, q) for q in (0.5, 0.95, 0.99)]
+    lines += ["", f"Pass-through at c=64 below saturation: the same cell against a stub that answers after "
+              f"{SLOW_MS} ± {SLOW_JITTER_MS} ms, the delay a function of the question, so request i through the "
+              f"gateway waits upstream exactly as long as request i sent directly and the added latency is "
+              f"measured per request (a second stub and gateway, same settings), {len(paired)} pairs: added "
+              f"p50 **{s_added[0]:.2f} ms**, p95 {s_added[1]:.2f} ms, p99 **{s_added[2]:.2f} ms**; "
+              f"{sp['rps']:.1f} req/s (direct {sd['rps']:.1f}); gateway CPU {sp['cpu_ms']:.2f} ms per request; "
+              f"loop lag p99 {sp['lag_p99']} ms."]
     return "\n".join(lines)
 
 
@@ -206,10 +233,18 @@ def main() -> None:
     print(f"  limit: {before['seq_ms']:.2f} ms for 1+{K}; {before['texts_per_s']:.0f} texts/s at batch 64", flush=True)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, StubServer() as stub:
-        upstreams = {m: (stub.base_url, m) for m in models}
-        gateway = start_gateway(Path(tmp), bank, upstreams)
+        gateway = start_gateway(Path(tmp), bank, {m: (stub.base_url, m) for m in models})
         try:
-            results = uvloop.run(drive(gateway.url, stub.url, models[0], args.requests))
+            results = uvloop.run(drive(gateway.url, gateway.proc.pid, stub.url, models[0], args.requests))
+        finally:
+            gateway.stop()
+    print(f"pass-through at c=64 against a {SLOW_MS} ms upstream ...", flush=True)
+    slow_stub = ["--latency-ms", str(SLOW_MS), "--jitter-ms", str(SLOW_JITTER_MS), "--jitter-by-question"]
+    with tempfile.TemporaryDirectory() as tmp, StubServer(slow_stub) as stub:
+        gateway = start_gateway(Path(tmp), bank, {m: (stub.base_url, m) for m in models})
+        try:
+            slow = uvloop.run(drive(gateway.url, gateway.proc.pid, stub.url, models[0], 4 * args.requests,
+                                    concurrency=[64], targets=("pass-through",)))
         finally:
             gateway.stop()
     load_after = os.getloadavg()
@@ -220,7 +255,7 @@ def main() -> None:
     limit["req_per_s"] = limit["texts_per_s"] / (K + 1)
     load = (f"Load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, after "
             f"{'/'.join(f'{x:.2f}' for x in load_after)}.")
-    text = report(results, limit, load)
+    text = report(results, slow, limit, load)
     print("\n" + text)
     if not args.no_write:
         print(f"written to {write_section('overhead', text)}")

@@ -44,11 +44,15 @@ class Behaviour:
     failure_rate: float = 0.0
     retry_after_s: int = 1
     seed: int | None = None
+    jitter_by_question: bool = False  # the jitter is a function of the question: same question, same delay
 
-    def delay_s(self, model: str, rng: random.Random) -> float:
+    def delay_s(self, model: str, rng: random.Random, question: str = "") -> float:
         if model in self.delays_ms:
             return self.delays_ms[model] / 1000
         ms = self.latency_ms * (math.exp(rng.gauss(0, self.sigma)) if self.sigma else 1.0)
+        if self.jitter_by_question:
+            u = int(hashlib.sha256(question.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+            return max(0.0, ms + self.jitter_ms * (2 * u - 1)) / 1000
         return max(0.0, ms + rng.uniform(-self.jitter_ms, self.jitter_ms)) / 1000
 
 
@@ -104,13 +108,14 @@ def stub_app(behaviour: Behaviour) -> FastAPI:
             stats[failure] += 1
             return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit_error"}}, 429,
                                 headers={"retry-after": str(behaviour.retry_after_s)})
-        await asyncio.sleep(behaviour.delay_s(model, rng))
+        messages = body.get("messages") or [{}]
+        question = str(messages[-1].get("content") or "")
+        await asyncio.sleep(behaviour.delay_s(model, rng, question))
         if failure in ("http_500", "http_503"):
             stats[failure] += 1
             return JSONResponse({"error": {"message": "upstream overloaded", "type": "server_error"}},
                                 int(failure[-3:]))
-        messages = body.get("messages") or [{}]
-        text = answer_text(model, str(messages[-1].get("content") or ""))
+        text = answer_text(model, question)
         usage = usage_of(body, text)
         rid = f"chatcmpl-stub-{stats['requests']}"
         if stream:
@@ -228,13 +233,16 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="median delay before answering")
     parser.add_argument("--sigma", type=float, default=0.0, help="lognormal shape of the delay (0 = fixed)")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="plus uniform noise in [-j, +j]")
+    parser.add_argument("--jitter-by-question", action="store_true",
+                        help="derive the jitter from the question, so a question always waits as long (lets a "
+                             "benchmark pair each request through the gateway with the same one sent directly)")
     parser.add_argument("--delays", default="", help="fixed per-model delays: model-a=200,model-b=400")
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument("--retry-after-s", type=int, default=1, help="Retry-After of the injected 429s")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     behaviour = Behaviour(args.latency_ms, args.sigma, args.jitter_ms, parse_delays(args.delays),
-                          args.failure_rate, args.retry_after_s, args.seed)
+                          args.failure_rate, args.retry_after_s, args.seed, args.jitter_by_question)
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     uvicorn.run(stub_app(behaviour), host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
                 backlog=2048)
