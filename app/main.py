@@ -26,7 +26,7 @@ from app.pipeline import Pipeline
 from app.service import Gateway
 from app.settings import Settings
 from app.upstream import UpstreamPool
-from app.upstream_transport import AiohttpTransport
+from app.upstream_transport import upstream_client
 
 log = logging.getLogger("jisi.gateway")
 
@@ -79,8 +79,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         async_embedder = AsyncEmbedder(model, batching=settings.embedding_batching)
         limits = httpx.Limits(max_connections=sum(u.max_concurrency for u in settings.upstreams) + 16,
                               max_keepalive_connections=64)
-        upstream_transport = transport or AiohttpTransport(limits)
-        async with httpx.AsyncClient(transport=upstream_transport, limits=limits) as client:
+        async with upstream_client(limits, transport) as client:
             pool = UpstreamPool(settings.upstreams, client, settings.resilience)
             app.state.metrics.watch_pool(pool)
             app.state.metrics.watch_embedder(async_embedder)

@@ -1,4 +1,4 @@
-"""An httpx transport that sends upstream calls through aiohttp's connection pool.
+"""The gateway's HTTP client for upstream calls: httpx's API over aiohttp's connection pool, no cookies.
 
 Why: with httpx's default transport (httpcore) the event loop spent over half its time in the pool itself
 (on every request httpcore checks every pooled connection for expiry, one `select` per connection). Measured
@@ -13,6 +13,7 @@ hanging up) to `httpx.ConnectTimeout`, so a dead upstream would read as a timeou
 from __future__ import annotations
 
 import contextlib
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import AsyncIterator, Iterator
 
 import aiohttp
@@ -96,3 +97,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def upstream_client(limits: httpx.Limits, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """One client shared by every request, so it must keep no state between them: an httpx client's cookie
+    jar would replay one caller's upstream Set-Cookie (a session, a sticky-routing cookie) on every later
+    call to that upstream, whoever made it. `transport` is for tests; the default is AiohttpTransport."""
+    refuse_all = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(transport=transport or AiohttpTransport(limits), limits=limits, cookies=refuse_all)

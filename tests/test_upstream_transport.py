@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 import httpx
 import pytest
 
-from app.upstream_transport import AiohttpTransport
+from app.upstream_transport import AiohttpTransport, upstream_client
 from gateway_helpers import anyio_backend  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.anyio
@@ -170,3 +170,16 @@ async def test_closing_the_client_closes_its_connections():
         async with client() as again:
             await again.get(url)
     assert server.connections == 2
+
+
+async def test_the_gateways_client_does_not_carry_one_callers_cookies_to_the_next():
+    async def sets_a_cookie(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(response(b"{}", "200 OK", "set-cookie: session=caller-a; Path=/"))
+        await writer.drain()
+
+    server = RawServer(sets_a_cookie)
+    async with server as url, upstream_client(httpx.Limits(max_connections=8)) as http:
+        await http.post(url + "/v1/chat/completions", json={})
+        await http.post(url + "/v1/chat/completions", json={})
+    assert len(server.requests) == 2
+    assert b"cookie:" not in server.requests[1].lower()
