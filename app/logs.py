@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -70,8 +70,9 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
 class RequestContext:
     """ASGI middleware: sets the request id for the request's logs and response, logs one access line."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, observe: Callable[[str, int], None] | None = None) -> None:
         self.app = app
+        self.observe = observe  # (path, status) of every response, for metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,4 +97,6 @@ class RequestContext:
             access_log.info("%s %s %d", scope["method"], scope["path"], status, extra={
                 "method": scope["method"], "path": scope["path"], "status": status,
                 "duration_ms": round(1000 * (time.perf_counter() - started), 2)})
+            if self.observe is not None:
+                self.observe(scope["path"], status)
             current_request_id.reset(token)

@@ -113,7 +113,10 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.include_router(router)
     openapi_without_422(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContext)  # outermost: every response, even a 413, carries the request id
+    app.state.metrics.known_paths = {path for route in (*app.routes, *router.routes)
+                                     if isinstance(path := getattr(route, "path", None), str)}
+    # outermost: every response, even a 413, carries the request id and is counted
+    app.add_middleware(RequestContext, observe=app.state.metrics.observe_http)
     return app
 
 

@@ -33,8 +33,16 @@ class Metrics:
         self.support_capped = Counter("jisi_support_capped", "Requests whose support set hit max_support",
                                       registry=r)
         self.degraded = Counter("jisi_degraded", "Requests answered in a degraded way", registry=r)
+        # every response, including those refused before the pipeline (404 model, 400 body, 401, 413)
+        self.http_responses = Counter("jisi_http_responses", "HTTP responses by route and status",
+                                      ["path", "status"], registry=r)
+        self.known_paths: set[str] = set()  # the app's routes; any other path counts as "other"
         self.loop_lag_seconds = Histogram("jisi_event_loop_lag_seconds", "How late the event loop woke a timer",
                                           buckets=LATENCY_BUCKETS, registry=r)
+
+    def observe_http(self, path: str, status: int) -> None:
+        # unknown paths share one label, so a scanner probing random URLs cannot grow the series without bound
+        self.http_responses.labels(path if path in self.known_paths else "other", str(status)).inc()
 
     def watch_embedder(self, embedder: AsyncEmbedder) -> None:
         """Report the micro-batcher's model calls, requests and texts (requests per call = batching at work)."""

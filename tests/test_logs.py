@@ -67,6 +67,23 @@ async def test_errors_carry_the_request_id_too(settings, fake: FakeUpstreams, mi
     assert next(e for e in access if e["request_id"] == "bad-1")["status"] == unknown.status_code
 
 
+async def test_every_response_is_counted_refused_ones_included(settings, fake: FakeUpstreams, minilm):
+    async with running_gateway(settings, minilm, fake) as (_, client):
+        assert (await client.post("/v1/chat/completions", json=chat_body("jisi", "What is 2 + 3?"))).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=chat_body("no-such-model", "hi"))).status_code == 404
+        assert (await client.post("/v1/chat/completions", json={"model": "jisi"})).status_code == 400
+        for path in ("/nowhere", "/wp-login.php"):
+            assert (await client.get(path)).status_code == 404
+        text = (await client.get("/metrics")).text
+    counted = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("jisi_http_responses_total{")}
+    chat = "/v1/chat/completions"
+    assert counted[f'jisi_http_responses_total{{path="{chat}",status="200"}}'] == 1
+    assert counted[f'jisi_http_responses_total{{path="{chat}",status="404"}}'] == 1
+    assert counted[f'jisi_http_responses_total{{path="{chat}",status="400"}}'] == 1
+    assert counted['jisi_http_responses_total{path="other",status="404"}'] == 2  # probes share one series
+
+
 def test_configure_logging_routes_uvicorn_through_the_json_handler(capsys: pytest.CaptureFixture) -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
