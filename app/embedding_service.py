@@ -64,6 +64,7 @@ class AsyncEmbedder:
         self.calls = 0  # model calls made (exported as metrics)
         self.batched_requests = 0  # embed() requests served
         self.texts = 0  # texts embedded
+        self.model_seconds = 0.0  # time inside the model (what a request's embedding costs at the least)
         self._worker = threading.Thread(target=self._run, name="embed-batcher", daemon=True)
         self._worker.start()
 
@@ -150,6 +151,7 @@ class AsyncEmbedder:
 
     def _call(self, batch: list[_Job]) -> None:
         texts = [t for job in batch for t in job.texts]
+        started = time.perf_counter()
         try:
             out = np.asarray(self.embedder.embed(texts))
             if out.ndim != 2 or out.shape[0] != len(texts):
@@ -159,6 +161,7 @@ class AsyncEmbedder:
                 _settle(job, None, exc)
             return
         finally:
+            self.model_seconds += time.perf_counter() - started
             self.calls += 1
             self.batched_requests += len(batch)
             self.texts += len(texts)

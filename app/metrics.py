@@ -96,3 +96,5 @@ class _EmbedderCollector(Collector):
         yield CounterMetricFamily("jisi_embedding_model_calls", "Embedding model calls", value=e.calls)
         yield CounterMetricFamily("jisi_embedding_requests", "Embedding requests served", value=e.batched_requests)
         yield CounterMetricFamily("jisi_embedding_texts", "Texts embedded", value=e.texts)
+        yield CounterMetricFamily("jisi_embedding_model_seconds", "Time spent inside the embedding model",
+                                  value=e.model_seconds)

@@ -622,6 +622,7 @@ async def test_metrics_show_embedding_batching_upstream_slots_and_loop_lag(setti
     assert totals["jisi_embedding_texts_total"] == 1 + answered
     assert 2 <= totals["jisi_embedding_requests_total"] <= 1 + answered
     assert totals["jisi_embedding_model_calls_total"] <= totals["jisi_embedding_requests_total"]
+    assert 0 < totals["jisi_embedding_model_seconds_total"] < routed["jisi"]["timings_ms"]["total"] / 1000
     for model in bank_models:
         assert f'jisi_upstream_in_flight{{upstream="{model}"}} 0.0' in text
         assert f'jisi_upstream_circuit_open{{upstream="{model}"}} 0.0' in text
