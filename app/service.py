@@ -117,53 +117,80 @@ class Gateway:
     # -- streaming ---------------------------------------------------------------------------------
 
     async def chat_stream(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[bytes]:
-        """SSE: keep-alives while the candidates run, then the answer, a summary chunk and [DONE]."""
+        """SSE: keep-alives while the candidates run, then the answer, a summary chunk and [DONE].
+
+        Nothing is sent until the stream has its first event (an answer chunk, or a keep-alive once the
+        candidates have run for keepalive_s), so a request that fails before that (a bad parameter, a cost
+        cap below any model, every candidate failing, an upstream 429 or timeout on a pass-through) is a plain
+        HTTP error with its status, which SDKs know how to retry. After the first byte, an error is an event.
+        """
         self.check_request(request)
         if request.model in VIRTUAL_MODELS:  # invalid input is a 400 before the stream starts, not an event in it
             self.pipeline.params_for(request)
             self.pipeline.query_text(request)
         writer = ChunkWriter("chatcmpl-" + request_id.replace("-", ""), request.model)
-        return self._stream(request, writer)
+        stream = self._stream(request, writer)
+        try:
+            first = await anext(stream)  # raises the APIError of a request that failed before its first byte
+        except BaseException:
+            await stream.aclose()
+            raise
+        return _prepend(first, stream)
 
     async def _stream(self, request: ChatCompletionRequest, writer: ChunkWriter) -> AsyncIterator[bytes]:
         started = time.perf_counter()
-        trace: Trace | None = None
+        progress: dict[str, Any] = {"trace": None}
         status = "error"
+        sent = False
         try:
-            if request.model in VIRTUAL_MODELS:
-                task = asyncio.create_task(self.pipeline.prepare(request))
+            async for data in self._events(request, writer, progress):
+                sent = True
+                yield data
+            status = "ok"
+        except Exception as exc:
+            if isinstance(exc, APIError):
+                error = exc
+            elif isinstance(exc, UpstreamError):
+                error = exc.api_error()
+            else:  # a bug: still answer properly instead of cutting the connection
+                log.exception("stream failed")
+                error = APIError(500, "internal error in the gateway", "api_error")
+            if not sent:
+                raise error from None
+            yield sse_error(error)
+        finally:
+            self._observe(request.model, progress["trace"], status, started)
+        yield DONE
+
+    async def _events(self, request: ChatCompletionRequest, writer: ChunkWriter,
+                      progress: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The stream's events before [DONE]; `progress["trace"]` is the trace once there is one."""
+        if request.model in VIRTUAL_MODELS:
+            task = asyncio.create_task(self.pipeline.prepare(request))
+            try:
                 while not task.done():
                     done, _ = await asyncio.wait({task}, timeout=self.keepalive_s)
                     if not done:
                         yield KEEPALIVE
-                prepared = task.result()
-                trace = prepared.trace
-                async for data in self._stream_answer(prepared, writer):
-                    yield data
-            else:
-                trace = Trace(requested_mode="passthrough", mode="passthrough")
-                async for data in self._relay(request.model, request.upstream_body(request.model), trace,
-                                              writer, "passthrough", fallback=None):
-                    yield data
-            trace.finish()
-            finish_reason = trace.finish_reason or "stop"
-            if request.wants_usage_in_stream:  # OpenAI's shape: usage in a last chunk with no choices
-                yield writer.chunk(finish_reason=finish_reason, model=trace.answered_by)
-                yield writer.chunk(usage=total_usage(trace.calls), jisi=trace.summary(), model=trace.answered_by,
-                                   empty=True)
-            else:
-                yield writer.chunk(finish_reason=finish_reason, jisi=trace.summary(), model=trace.answered_by)
-            status = "ok"
-        except APIError as exc:
-            yield sse_error(exc)
-        except UpstreamError as exc:
-            yield sse_error(exc.api_error())
-        except Exception:  # a bug: still end the stream properly instead of cutting it
-            log.exception("stream failed")
-            yield sse_error(APIError(500, "internal error in the gateway", "api_error"))
-        finally:
-            self._observe(request.model, trace, status, started)
-        yield DONE
+            finally:
+                task.cancel()  # a no-op once done; stops the candidates if the client went away
+            prepared = task.result()
+            trace = progress["trace"] = prepared.trace
+            async for data in self._stream_answer(prepared, writer):
+                yield data
+        else:
+            trace = progress["trace"] = Trace(requested_mode="passthrough", mode="passthrough")
+            async for data in self._relay(request.model, request.upstream_body(request.model), trace,
+                                          writer, "passthrough", fallback=None):
+                yield data
+        trace.finish()
+        finish_reason = trace.finish_reason or "stop"
+        if request.wants_usage_in_stream:  # OpenAI's shape: usage in a last chunk with no choices
+            yield writer.chunk(finish_reason=finish_reason, model=trace.answered_by)
+            yield writer.chunk(usage=total_usage(trace.calls), jisi=trace.summary(), model=trace.answered_by,
+                               empty=True)
+        else:
+            yield writer.chunk(finish_reason=finish_reason, jisi=trace.summary(), model=trace.answered_by)
 
     async def _stream_answer(self, prepared: Prepared, writer: ChunkWriter) -> AsyncIterator[bytes]:
         trace = prepared.trace
@@ -233,3 +260,12 @@ class Gateway:
             "params": params.__dict__,
             "timings_ms": {k: round(v, 2) for k, v in trace.timings_ms.items()},
         }
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for data in rest:
+            yield data
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]  # the client left: end the upstream call now

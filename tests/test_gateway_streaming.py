@@ -233,29 +233,41 @@ async def test_passthrough_failing_mid_stream_ends_with_an_error_event(settings,
     assert sse.errors[0]["code"] == "upstream_error"
 
 
-@pytest.mark.parametrize("failure, code", [(Behaviour(status=500), "upstream_error"),
-                                           (Behaviour(timeout=True), "upstream_timeout")], ids=["http500", "timeout"])
-async def test_passthrough_stream_that_fails_at_once_is_an_error_event(settings, fake, minilm, bank_models,
-                                                                      failure, code):
+@pytest.mark.parametrize("failure, status, code", [(Behaviour(status=500), 502, "upstream_error"),
+                                                   (Behaviour(timeout=True), 504, "upstream_timeout")],
+                         ids=["http500", "timeout"])
+async def test_passthrough_stream_that_fails_at_once_is_a_plain_http_error(settings, fake, minilm, bank_models,
+                                                                          failure, status, code):
+    # nothing was sent yet, so the client gets the status (SDKs retry 5xx on it), not a 200 with an error event
     model = bank_models[1]
     fake.behaviour[model] = failure
     async with running_gateway(settings, minilm, fake) as (app, client):
-        response, sse = await stream_chat(client, chat_body(model, QUESTION))
-    assert sse.events == [sse.events[0], "[DONE]"]
-    (error,) = sse.errors
+        response = await client.post("/v1/chat/completions", json={**chat_body(model, QUESTION), "stream": True})
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
     assert error["code"] == code and error["type"] == "upstream_error"
     assert error["details"][0]["model"] == model
 
 
-async def test_every_candidate_failing_in_a_stream_is_an_error_event(settings, fake, minilm, bank_models):
+async def test_every_candidate_failing_in_a_stream_is_a_plain_http_error(settings, fake, minilm, bank_models):
     fake.behaviour = {m: Behaviour(status=503) for m in bank_models}
     async with running_gateway(settings, minilm, fake) as (app, client):
-        response, sse = await stream_chat(client, chat_body("jisi", QUESTION))
-    assert response.status_code == 200
-    assert sse.chunks == [] and sse.events[-1] == "[DONE]"
-    (error,) = sse.errors
+        response = await client.post("/v1/chat/completions", json={**chat_body("jisi", QUESTION), "stream": True})
+    assert response.status_code == 502
+    error = response.json()["error"]
     assert error["code"] == "upstreams_failed" and error["type"] == "upstream_error"
     assert len(error["details"]) == 3
+
+
+async def test_a_streamed_cost_cap_below_every_model_is_a_400_like_a_plain_one(settings, fake, minilm):
+    body = {**chat_body("jisi", QUESTION, jisi={"max_cost_usd": 1e-12}), "stream": True}
+    async with running_gateway(settings, minilm, fake) as (app, client):
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "cost_cap_too_low" and error["param"] == "jisi.max_cost_usd"
+    assert fake.calls == []
 
 
 async def test_tool_calls_stream_in_route_mode(settings, fake, minilm, bank_models):
