@@ -7,12 +7,16 @@ Nothing here logs headers or bodies: user text and keys stay out of the logs.
 
 from __future__ import annotations
 
+import atexit
+import copy
 import json
 import logging
+import queue
 import sys
 import time
 import uuid
 from contextvars import ContextVar
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,28 +38,66 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = current_request_id.get()
+        # read on the logging task by _RequestQueueHandler; the context variable is unset in the writer thread
+        request_id = getattr(record, "request_id", None) or current_request_id.get()
         if request_id:
             entry["request_id"] = request_id
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and k != "request_id"})
+        exception = self.formatException(record.exc_info) if record.exc_info else record.exc_text
+        if exception:
+            entry["exception"] = exception
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class _RequestQueueHandler(QueueHandler):
+    """Queues records for the writer thread, with what must be read on the logging task itself."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.request_id = current_request_id.get()
+        record.message = record.getMessage()
+        record.msg, record.args = record.message, None  # arguments may change after this call returns
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None  # tracebacks hold frames; the text is what gets written
+        return record
+
+
+_writer: QueueListener | None = None
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Route every logger (uvicorn's included) through one stderr handler in the chosen format."""
+    """Route every logger (uvicorn's included) through one stderr handler in the chosen format.
+
+    A background thread formats and writes the lines: the event loop only queues a record, so a slow stderr
+    (a full pipe to a log collector) cannot stall request handling."""
+    global _writer
+    stop_logging()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _writer = QueueListener(records, handler)
+    _writer.start()
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_RequestQueueHandler(records)]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # whatever uvicorn set up before
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
+
+
+def stop_logging() -> None:
+    """Write out every queued line and stop the writer thread (at exit, or before reconfiguring)."""
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+        _writer = None
+
+
+atexit.register(stop_logging)
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:

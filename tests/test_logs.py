@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+import threading
 from typing import Any, Iterator
 
 import pytest
 
-from app.logs import JsonFormatter, configure_logging
+from app.logs import JsonFormatter, configure_logging, current_request_id, stop_logging
 from gateway_helpers import (  # noqa: F401  (fixtures)
     FakeUpstreams, anyio_backend, bank_models, chat_body, fake, running_gateway, settings,
 )
@@ -90,10 +92,60 @@ def test_configure_logging_routes_uvicorn_through_the_json_handler(capsys: pytes
     try:
         configure_logging("info", "json")
         logging.getLogger("uvicorn.error").info("started on port %d", 8000)
+        stop_logging()  # the writer thread writes out what is queued
         line = capsys.readouterr().err.strip().splitlines()[-1]
     finally:
+        stop_logging()
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
     entry = json.loads(line)
     assert entry["message"] == "started on port 8000" and entry["logger"] == "uvicorn.error"
     assert entry["level"] == "info" and entry["ts"].endswith("Z")
+
+
+@pytest.fixture
+def restored_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    yield
+    stop_logging()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def test_a_stalled_stderr_does_not_block_the_code_that_logs(monkeypatch, restored_root_logger) -> None:
+    # e.g. a full pipe to a log collector: the event loop must keep serving while the writer waits
+    release, written = threading.Event(), []
+
+    class Stalled(io.StringIO):
+        def write(self, text: str) -> int:
+            release.wait(10)
+            written.append(text)
+            return len(text)
+
+    monkeypatch.setattr(sys, "stderr", Stalled())
+    configure_logging("info", "json")
+    logged = threading.Event()
+    threading.Thread(target=lambda: (logging.getLogger("jisi.test").info("hello %s", "there"), logged.set()),
+                     daemon=True).start()
+    assert logged.wait(5), "logging blocked on the stalled stream"
+    assert written == []
+    release.set()
+    stop_logging()
+    assert json.loads(written[0])["message"] == "hello there"
+
+
+def test_the_request_id_and_the_traceback_survive_the_writer_thread(capsys, restored_root_logger) -> None:
+    configure_logging("info", "json")
+    token = current_request_id.set("req-in-thread")
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("jisi.test").exception("failed for %d items", 3)
+    finally:
+        current_request_id.reset(token)
+    stop_logging()
+    entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert entry["request_id"] == "req-in-thread" and entry["message"] == "failed for 3 items"
+    assert entry["level"] == "error" and "ValueError: boom" in entry["exception"]
