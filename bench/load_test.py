@@ -69,7 +69,8 @@ def ensure_bank(path: Path | None, per_dataset: int = 20) -> Path:
 
 def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str]],
                   **settings: Any) -> ServerProcess:
-    """The gateway as `python -m uvicorn app.main:app_from_env --factory`, configured by a YAML file.
+    """The gateway as deployed: `jisi-gateway` (JSON logs at info, into workdir/gateway.log), configured by a
+    YAML file.
 
     `upstreams` maps bank model name -> (base_url, model id sent upstream); `settings` are top-level keys.
     """
@@ -80,9 +81,10 @@ def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
     env = {**os.environ, "JISI_CONFIG": str(path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    argv = [sys.executable, "-m", "uvicorn", "app.main:app_from_env", "--factory", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", "--no-access-log", "--backlog", "2048"]
-    gateway = ServerProcess(argv, port, ready_path="/readyz", timeout_s=300, env=env, cwd=REPO)
+    argv = [sys.executable, "-c", "from app.main import run; run()", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "info"]
+    gateway = ServerProcess(argv, port, ready_path="/readyz", timeout_s=300, env=env, cwd=REPO,
+                            log_path=workdir / "gateway.log")
     gateway.start()
     return gateway
 

@@ -168,9 +168,9 @@ class ServerProcess:
     """A server in a subprocess: start, wait until `ready_path` answers 200, stop (terminate, then kill)."""
 
     def __init__(self, argv: Sequence[str], port: int, ready_path: str = "/healthz", timeout_s: float = 30.0,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None, log_path: Path | None = None) -> None:
         self.argv, self.port, self.ready_path, self.timeout_s = list(argv), port, ready_path, timeout_s
-        self.env, self.cwd = env, cwd
+        self.env, self.cwd, self.log_path = env, cwd, log_path  # log_path: its stdout and stderr, else ours
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -178,11 +178,19 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd)
+        log = open(self.log_path, "ab") if self.log_path else None
+        try:
+            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log,
+                                         stderr=subprocess.STDOUT if log else None)
+        finally:
+            if log:
+                log.close()  # the child holds its own descriptor
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv[:4]} exited with {self.proc.returncode} before it was ready")
+                tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path else ""
+                raise RuntimeError(f"{self.argv[:4]} exited with {self.proc.returncode} before it was ready"
+                                   + (f"; its log ends:\n{tail}" if tail else ""))
             try:
                 if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
                     return
