@@ -28,7 +28,7 @@ import httpx
 
 from app.bank import read_manifest
 from load_test import QUESTIONS, ensure_bank, pct, start_gateway
-from report import write_section
+from report import idle_penalty, write_section
 from stub_upstream import StubServer
 
 Direct = dict[str, tuple[str, str]]  # model name at the gateway -> (base URL to call it alone, model id there)
@@ -86,7 +86,8 @@ def report(rounds: list[Round], setup: str, command: str) -> str:
     phase = [r.timings_ms.get("fanout", float("nan")) / r.slowest_ms for r in rounds]
     verdict = "meets" if pct(ratios, .5) <= 1.05 else "misses"
     lines = ["## Fan-out wall time vs the slowest candidate (bench/fanout.py)", "", f"`{command}`", "",
-             f"{setup} Load average (1/5/15 min) at the end: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}.", "",
+             f"{setup} Load average (1/5/15 min) at the end: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}; "
+             f"{idle_penalty()}.", "",
              f"**wall / slowest candidate: p50 {pct(ratios, .5):.3f}x, p95 {pct(ratios, .95):.3f}x** over "
              f"{len(rounds)} requests (target <= 1.05x: the median {verdict} it); the fan-out phase alone "
              f"(`timings_ms.fanout`) / slowest: p50 {pct(phase, .5):.3f}x, p95 {pct(phase, .95):.3f}x.", "",

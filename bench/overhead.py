@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.bank import read_manifest
 from app.embedder import SentenceTransformerEmbedder
 from load_test import ensure_bank, pct, start_gateway
-from report import write_section
+from report import idle_penalty, write_section
 from stub_upstream import StubServer, answer_text
 
 QUESTIONS = [
@@ -262,7 +262,7 @@ def main() -> None:
              "texts_per_s": max(before["texts_per_s"], after["texts_per_s"])}
     limit["req_per_s"] = limit["texts_per_s"] / (K + 1)
     load = (f"Load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, after "
-            f"{'/'.join(f'{x:.2f}' for x in load_after)}.")
+            f"{'/'.join(f'{x:.2f}' for x in load_after)}; {idle_penalty()}.")
     text = report(results, slow, limit, load)
     print("\n" + text)
     if not args.no_write:
