@@ -47,7 +47,14 @@ def pool_session() -> Iterator[Path]:
             stop_pool(POOL_STATE)
 
 
+def pool_up() -> dict[str, ServerInfo]:
+    """Every server up: restarts any that an earlier test killed or stopped, otherwise only checks /v1/models.
+
+    For module-scoped fixtures, which cannot ask for `local_pool`: tests/test_pool.py stops the whole pool."""
+    return {info.name: info for info in _start()}
+
+
 @pytest.fixture
 def local_pool(pool_session: Path) -> dict[str, ServerInfo]:
-    """Every server up: restarts any that an earlier test killed, otherwise only checks /v1/models."""
-    return {info.name: info for info in _start()}
+    """Every server up for this test (see pool_up)."""
+    return pool_up()
