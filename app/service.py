@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from app.errors import APIError, bad_request
+from app.logs import current_access_fields
 from app.metrics import Metrics
 from app.pipeline import VIRTUAL_MODELS, Pipeline, Prepared, Trace
 from app.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, RouteRequest
@@ -96,10 +97,14 @@ class Gateway:
         self.metrics.request_seconds.labels(model).observe(elapsed)
         mode = trace.mode if trace else "none"
         self.metrics.requests.labels(model, mode, status).inc()
-        log.info("chat completion %s", status, extra={
-            "model": model, "mode": mode, "outcome": status, "duration_ms": round(1000 * elapsed, 2),
-            **({"final": trace.final, "cost_usd": trace.cost_usd, "degraded": trace.degraded,
-                "upstream_errors": trace.errors} if trace else {})})
+        summary = {"model": model, "mode": mode, "outcome": status,
+                   **({"final": trace.final, "cost_usd": trace.cost_usd, "degraded": trace.degraded,
+                       "upstream_errors": trace.errors} if trace else {})}
+        access_fields = current_access_fields.get()
+        if access_fields is not None:  # on the request's access line
+            access_fields.update(summary)
+        else:
+            log.info("chat completion %s", status, extra={**summary, "duration_ms": round(1000 * elapsed, 2)})
         if trace is None:
             return
         self.metrics.observe_calls(trace.calls)

@@ -45,13 +45,19 @@ async def test_each_request_logs_json_lines_with_its_request_id(settings, fake: 
                               headers={"x-request-id": "req-abc-123"})
         assert r.status_code == 200 and r.headers["x-request-id"] == "req-abc-123"
         anonymous = await client.post("/v1/chat/completions", json=chat_body("jisi", "Name a prime."))
+        streamed = await client.post("/v1/chat/completions", json={**chat_body("jisi-route", "Name a colour."),
+                                                                    "stream": True},
+                                     headers={"x-request-id": "req-stream"})
+        assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
     entries = lines(json_logs)
+    (stream_line,) = [e for e in entries if e.get("request_id") == "req-stream" and e["logger"] == "jisi.access"]
+    assert stream_line["model"] == "jisi-route" and stream_line["outcome"] == "ok" and stream_line["status"] == 200
     mine = [e for e in entries if e.get("request_id") == "req-abc-123"]
-    access = next(e for e in mine if e["logger"] == "jisi.access")
+    (access,) = [e for e in mine if e["logger"] == "jisi.access"]  # one line per request, summary included
     assert access["status"] == 200 and access["path"] == "/v1/chat/completions" and access["duration_ms"] > 0
-    completion = next(e for e in mine if e["logger"] == "jisi.gateway")
-    assert completion["model"] == "jisi" and completion["outcome"] == "ok"
-    assert completion["mode"] in ("route", "aggregate") and completion["cost_usd"] > 0
+    assert access["model"] == "jisi" and access["outcome"] == "ok"
+    assert access["mode"] in ("route", "aggregate") and access["cost_usd"] > 0 and access["final"]
+    assert not [e for e in mine if e["logger"] == "jisi.gateway"]
     generated = anonymous.headers["x-request-id"]
     assert len(generated) == 32 and generated != "req-abc-123"
     assert any(e.get("request_id") == generated and e["logger"] == "jisi.access" for e in entries)
@@ -100,6 +106,7 @@ def test_configure_logging_routes_uvicorn_through_the_json_handler(capsys: pytes
         root.setLevel(saved[1])
     entry = json.loads(line)
     assert entry["message"] == "started on port 8000" and entry["logger"] == "uvicorn.error"
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)  # no line per upstream call
     assert entry["level"] == "info" and entry["ts"].endswith("Z")
 
 
