@@ -54,6 +54,12 @@ def pool_up() -> dict[str, ServerInfo]:
     return {info.name: info for info in _start()}
 
 
+@pytest.fixture(scope="module")
+def module_pool(pool_session: Path) -> dict[str, ServerInfo]:
+    """Every server up when a module starts, for its module-scoped fixtures (see pool_up)."""
+    return pool_up()
+
+
 @pytest.fixture
 def local_pool(pool_session: Path) -> dict[str, ServerInfo]:
     """Every server up for this test (see pool_up)."""

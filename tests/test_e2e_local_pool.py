@@ -24,7 +24,6 @@ from bank_builder.collect import CollectOptions, collect, load_questions
 from bank_builder.pool import kill_server
 from bank_builder.records import load_records
 from tests.conftest import REPO
-from tests.pool_fixtures import pool_up
 
 pytest_plugins = ["tests.pool_fixtures"]
 
@@ -39,9 +38,10 @@ def gateway_settings(bank: Path) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def pool_bank(pool_session: Path, tmp_path_factory: pytest.TempPathFactory, minilm) -> Path:
-    """A bank collected from the real pool: 6 demo questions of each kind, answered by all three models."""
-    pool_up()  # a test run before this module may have stopped it
+def pool_bank(module_pool, tmp_path_factory: pytest.TempPathFactory, minilm) -> Path:
+    """A bank collected from the real pool: 6 demo questions of each kind, answered by all three models.
+
+    module_pool, not pool_session: a test run before this module (tests/test_pool.py) may have stopped it."""
     out = tmp_path_factory.mktemp("collected")
     questions = load_questions([REPO / "config" / "demo-questions.jsonl"], max_queries=6)
     settings = gateway_settings(out / "unused")
