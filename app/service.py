@@ -97,14 +97,11 @@ class Gateway:
         self.metrics.request_seconds.labels(model).observe(elapsed)
         mode = trace.mode if trace else "none"
         self.metrics.requests.labels(model, mode, status).inc()
-        summary = {"model": model, "mode": mode, "outcome": status,
-                   **({"final": trace.final, "cost_usd": trace.cost_usd, "degraded": trace.degraded,
-                       "upstream_errors": trace.errors} if trace else {})}
         access_fields = current_access_fields.get()
-        if access_fields is not None:  # on the request's access line
-            access_fields.update(summary)
-        else:
-            log.info("chat completion %s", status, extra={**summary, "duration_ms": round(1000 * elapsed, 2)})
+        if access_fields is not None:  # the summary rides on the request's access line (RequestContext)
+            access_fields.update({"model": model, "mode": mode, "outcome": status, **(
+                {"final": trace.final, "cost_usd": trace.cost_usd, "degraded": trace.degraded,
+                 "upstream_errors": trace.errors} if trace else {})})
         if trace is None:
             return
         self.metrics.observe_calls(trace.calls)
