@@ -8,7 +8,6 @@ together (within COALESCE_S of each other, as from fast upstreams) still share o
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -21,12 +20,10 @@ class LiveEmbeddings:
         self._embed = embed
         self.expected = expected  # candidates that have neither answered nor failed yet
         self.r: dict[int, np.ndarray] = {}  # candidate -> r_j
-        self.last_answer = 0.0  # time.perf_counter() of the last answer
         self._arrived: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
         self._pump = asyncio.get_running_loop().create_task(self._run())
 
     def answered(self, j: int, text: str) -> None:
-        self.last_answer = time.perf_counter()
         self.expected -= 1
         self._arrived.put_nowait((j, text))
 

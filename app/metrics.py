@@ -62,7 +62,8 @@ class Metrics:
     def observe_error(self, error: dict[str, Any]) -> None:
         """One failed upstream call, as UpstreamError.summary() describes it."""
         status = error.get("status")
-        kind = ("overloaded" if error.get("overloaded") else "timeout" if error.get("timeout")
+        kind = ("overloaded" if error.get("overloaded") else "circuit_open" if error.get("circuit_open")
+                else "timeout" if error.get("timeout")
                 else f"http_{status}" if status else "connection")
         self.upstream_errors.labels(error["model"], kind).inc()
 

@@ -191,18 +191,18 @@ class Pipeline:
         live = LiveEmbeddings(self.embedder.embed, expected=len(candidates))
         try:
             failed = await self._call_all(candidates, "candidate", body, answered, budget, trace, live)
+            # the fan-out ends when every candidate answered, failed or was cancelled: waiting for one that
+            # never answers is upstream time, not the gateway's; what embedding is left after it is ours
+            t = trace.phase("fanout", t)
             await live.finish()
         finally:
             live.cancel()  # a no-op once finished; stops the embedding if the request itself was cancelled
-        # the fan-out ends with the last upstream answer; embedding after it is the part that adds latency
-        last_answer = live.last_answer or time.perf_counter()
-        trace.timings_ms["fanout"] = 1000 * (last_answer - t)
-        t = trace.phase("embed_responses", last_answer)
+        t = trace.phase("embed_responses", t)
         if not answered and trace.remaining_s() <= 0:
             raise APIError(504, f"no upstream answered within the request deadline of "
                            f"{self.pool.resilience.request_deadline_s:g}s", "upstream_error",
                            code="deadline_exceeded", details=trace.errors)
-        if not answered and trace.errors and all(e.get("overloaded") for e in trace.errors):
+        if not answered and trace.errors and all(e.get("overloaded") or e.get("circuit_open") for e in trace.errors):
             raise APIError(503, "every candidate upstream is at its concurrency limit with a full queue; retry "
                            "shortly", "upstream_error", code="upstreams_overloaded", details=trace.errors)
         if not answered:
@@ -229,8 +229,11 @@ class Pipeline:
             affordable = []
             trace.degraded.append("request deadline: skipped final-set models not yet called")
         if affordable:
-            await self._call_all(affordable, "final", body, answered, budget, trace)
+            failed |= await self._call_all(affordable, "final", body, answered, budget, trace)
             t = trace.phase("finals", t)
+        lost = [models[j] for j in final if j in failed]
+        if lost:  # never called twice in one request: the final set goes on without it
+            trace.degraded.append(f"final set without {', '.join(lost)}: failed in this request")
         final = [j for j in final if j in answered]
         if not final:  # every final-set model failed or was unaffordable: the best answered candidate
             final = [max(answered, key=lambda j: decision.mixed.gf[j])]
@@ -242,7 +245,12 @@ class Pipeline:
             trace.mode, trace.answered_by, trace.finish_reason = "route", best.model, best.finish_reason
             return Prepared(trace=trace, answer=best)
 
-        aggregator = planned.aggregator
+        aggregator = self._aggregator(planned, failed, eligible, trace)
+        if aggregator is None:
+            trace.degraded.append("no aggregator left (every model by g failed or is unavailable): routed to the "
+                                  "best response")
+            trace.mode, trace.answered_by, trace.finish_reason = "route", best.model, best.finish_reason
+            return Prepared(trace=trace, answer=best)
         responses = [response_text(answered[j]) for j in final]
         agg_prompt = prompt_tokens + sum(answered[j].usage.completion_tokens for j in final)
         agg_estimate = estimate_cost_usd(self.pool.upstreams[models[aggregator]], agg_prompt, expected[aggregator])
@@ -288,6 +296,25 @@ class Pipeline:
 
     # -- helpers -----------------------------------------------------------------------------------
 
+    def _aggregator(self, planned: engine.Plan, failed: set[int], eligible: np.ndarray,
+                    trace: Trace) -> int | None:
+        """A_agg = argmax g, among the models that have not failed in this request and can be called now.
+
+        A model that timed out or was cancelled as a candidate is never called again for the same request
+        (issue 11: a hung natural aggregator cost a second 30 s); the next-best by g takes its place."""
+        usable = eligible & np.array([j not in failed and m in self.pool and self.pool.available(m)
+                                      for j, m in enumerate(self.bank.models)], dtype=bool)
+        ranked = engine.top_k(planned.coarse.g, 1, usable)
+        if ranked.size == 0:
+            return None
+        chosen = int(ranked[0])
+        if chosen != planned.aggregator:
+            models = self.bank.models
+            trace.degraded.append(f"aggregator {models[planned.aggregator]} failed in this request: "
+                                  f"{models[chosen]} aggregates instead")
+            trace.aggregator = models[chosen]
+        return chosen
+
     async def _call(self, j: int, body: dict[str, Any], role: str, trace: Trace,
                     live: LiveEmbeddings | None) -> CallResult:
         try:
@@ -309,18 +336,19 @@ class Pipeline:
         """
         names = self.bank.models
         settings = self.pool.resilience
-        quorum = (settings.quorum or len(models)) if role == "candidate" else len(models)
+        quorum = settings.quorum_of(len(models)) if role == "candidate" else len(models)
         calls = {j: self._call(j, body, role, trace, live) for j in models}
         # a safety net just past the deadline: the calls' own timeouts (clearer errors) normally fire first
         results, after_quorum, at_deadline = await gather_quorum(
-            calls, quorum, settings.quorum_grace_s, (trace.deadline or self.pool.deadline()) + 0.1)
+            calls, quorum, settings.quorum_grace_s, (trace.deadline or self.pool.deadline()) + 0.1,
+            settings.quorum_grace_ratio)
         failed: set[int] = set(after_quorum) | set(at_deadline)
-        for j in after_quorum:
-            trace.degraded.append(f"{role} {names[j]} cancelled after quorum")
-        for j in at_deadline:
-            trace.errors.append({"model": names[j], "status": None, "timeout": True,
-                                 "message": "cancelled at the request deadline"})
-            trace.degraded.append(f"{role} {names[j]} cancelled at the request deadline")
+        for j, when in [*((j, "after quorum") for j in after_quorum), *((j, "at the request deadline")
+                                                                        for j in at_deadline)]:
+            self.pool.record_unanswered(names[j])
+            trace.errors.append({"model": names[j], "status": None, "timeout": True, "overloaded": False,
+                                 "circuit_open": False, "message": f"no answer: cancelled {when}"})
+            trace.degraded.append(f"{role} {names[j]} cancelled {when}")
         for j, result in results.items():
             if isinstance(result, UpstreamError):
                 failed.add(j)

@@ -21,7 +21,10 @@ BreakerState = Literal["closed", "open", "half_open"]
 
 
 class ResilienceSettings(BaseModel):
-    retries: int = Field(2, ge=0)  # extra attempts after the first
+    retries: int = Field(2, ge=0)  # extra attempts after the first (429, 5xx, connection errors)
+    # a timed-out attempt is not retried within the same request: a hung upstream would otherwise cost the
+    # request (retries + 1) x timeout_s (3 x 10 s measured in issue 11); the breaker leaves it out next time
+    retry_timeouts: bool = False
     backoff_base_s: float = Field(0.25, ge=0)
     backoff_max_s: float = Field(4.0, ge=0)
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -30,8 +33,19 @@ class ResilienceSettings(BaseModel):
     breaker_failures: int = Field(5, ge=1)
     breaker_window_s: float = Field(30.0, gt=0)
     breaker_open_s: float = Field(15.0, gt=0)
-    quorum: int | None = Field(None, ge=1)  # candidates needed to proceed; None = all of them
-    quorum_grace_s: float = Field(2.0, ge=0)  # how long stragglers may still answer once the quorum is met
+    # The fan-out proceeds once `quorum` candidates answered; None: all but `quorum_slack` of them (at least 1),
+    # so one hung candidate costs a request the grace period, not its timeout. quorum_slack 0 waits for all.
+    quorum: int | None = Field(None, ge=1)
+    quorum_slack: int = Field(1, ge=0)
+    # once the quorum is met, stragglers may still answer for max(grace_s, grace_ratio x the time the quorum
+    # took): 2 s after two instant answers, but a slow model is not cut off when every answer is slow
+    quorum_grace_s: float = Field(2.0, ge=0)
+    quorum_grace_ratio: float = Field(1.0, ge=0)
+
+    def quorum_of(self, candidates: int) -> int:
+        """How many of `candidates` concurrent calls must answer before the fan-out proceeds."""
+        wanted = self.quorum if self.quorum is not None else candidates - self.quorum_slack
+        return max(1, min(wanted, candidates))
 
 
 def retryable_status(status: int | None) -> bool:
@@ -68,13 +82,15 @@ class RetryPolicy:
         return cap * self.rand()
 
     def delay(self, attempt: int, status: int | None, retry_after: float | None,
-              remaining_s: float) -> float | None:
+              remaining_s: float, *, timeout: bool = False) -> float | None:
         """Seconds to wait before retry number attempt+1, or None to give up now.
 
         The upstream's Retry-After wins over our backoff; a wait that would not leave time for another
-        attempt before the deadline is not worth taking.
+        attempt before the deadline is not worth taking. A timeout is retried only with retry_timeouts.
         """
         if attempt >= self.settings.retries or not retryable_status(status):
+            return None
+        if timeout and not self.settings.retry_timeouts:
             return None
         wait = retry_after if retry_after is not None else self.backoff(attempt)
         if wait >= remaining_s:
@@ -176,12 +192,14 @@ class ConcurrencyLimit:
 
 
 async def gather_quorum(calls: dict[K, Awaitable[Any]], quorum: int, grace_s: float, deadline: float,
-                        ) -> tuple[dict[K, Any], list[K], list[K]]:
-    """Run the calls concurrently until `quorum` of them succeeded, then give the rest `grace_s` more.
+                        grace_ratio: float = 0.0) -> tuple[dict[K, Any], list[K], list[K]]:
+    """Run the calls concurrently until `quorum` of them succeeded, then give the rest
+    max(grace_s, grace_ratio x the time the quorum took) more.
 
     Returns (results: value or exception per finished call, cancelled after the quorum, cancelled at the
     deadline `deadline` (time.monotonic)). Stragglers are cancelled, so their connections are closed.
     """
+    started = time.monotonic()
     tasks = {asyncio.ensure_future(call): key for key, call in calls.items()}
     pending = set(tasks)
     quorum = min(quorum, len(tasks))
@@ -192,7 +210,8 @@ async def gather_quorum(calls: dict[K, Awaitable[Any]], quorum: int, grace_s: fl
             if remaining <= 0:
                 break
             if met:  # the quorum is in: the stragglers get the grace period, no more
-                _, pending = await asyncio.wait(pending, timeout=min(grace_s, remaining))
+                grace = max(grace_s, grace_ratio * (time.monotonic() - started))
+                _, pending = await asyncio.wait(pending, timeout=min(grace, remaining))
                 break
             _, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             ok = sum(1 for t in tasks if t.done() and not t.cancelled() and t.exception() is None)

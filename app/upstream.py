@@ -26,7 +26,8 @@ class UpstreamError(Exception):
     """An upstream failed; `status` is its HTTP status, or None for a connection problem or timeout."""
 
     def __init__(self, model: str, message: str, status: int | None = None, timeout: bool = False,
-                 retry_after: float | None = None, breaker: bool = True, overloaded: bool = False) -> None:
+                 retry_after: float | None = None, breaker: bool = True, overloaded: bool = False,
+                 circuit_open: bool = False) -> None:
         super().__init__(f"{model}: {message}")
         self.model = model
         self.message = message
@@ -35,14 +36,16 @@ class UpstreamError(Exception):
         self.retry_after = retry_after  # seconds, from the upstream's Retry-After header
         self.breaker = breaker  # counts as a failure of the upstream (not e.g. a 400 for our request)
         self.overloaded = overloaded  # refused by our own concurrency limit: the upstream was never called
+        self.circuit_open = circuit_open  # refused by its open circuit breaker: the upstream was never called
 
     def summary(self) -> dict[str, Any]:
         return {"model": self.model, "status": self.status, "timeout": self.timeout,
-                "overloaded": self.overloaded, "message": self.message}
+                "overloaded": self.overloaded, "circuit_open": self.circuit_open, "message": self.message}
 
     def api_error(self) -> APIError:
         """What the client gets when this was the only call that could answer: 503, 504 or 502."""
         status, code = (503, "upstream_overloaded") if self.overloaded else \
+            (503, "upstream_unavailable") if self.circuit_open else \
             (504, "upstream_timeout") if self.timeout else (502, "upstream_error")
         return APIError(status, f"upstream {self.model} failed: {self.message}", "upstream_error", code=code,
                         details=[self.summary()])
@@ -128,6 +131,12 @@ class UpstreamPool:
         """False while the upstream's circuit is open: it is left out of candidate selection."""
         return self.breakers[name].available()
 
+    def record_unanswered(self, name: str) -> None:
+        """A call this request cancelled because it had not answered in time (a straggler after the quorum's
+        grace, or at the request deadline): as good as a timeout for the breaker, so repeated hangs open the
+        circuit and later requests leave the model out instead of waiting for it again."""
+        self.breakers[name].record_failure()
+
     def deadline(self) -> float:
         """A fresh request deadline (time.monotonic) for calls made outside a pipeline request."""
         return time.monotonic() + self.resilience.request_deadline_s
@@ -175,7 +184,8 @@ class UpstreamPool:
 
     def _admit(self, name: str, last: UpstreamError | None) -> None:
         if not self.breakers[name].allow():  # a retry that just tripped the breaker reports the real error
-            raise last or UpstreamError(name, "circuit open after repeated failures; not called", breaker=False)
+            raise last or UpstreamError(name, "circuit open after repeated failures; not called", breaker=False,
+                                        circuit_open=True)
 
     def _settle(self, exc: UpstreamError, attempt: int, deadline: float) -> float:
         """Record a failed attempt; the wait before retrying, or re-raise when it is not retried."""
@@ -183,7 +193,8 @@ class UpstreamPool:
         breaker.record_failure() if exc.breaker else breaker.release()
         if exc.overloaded:  # retrying into our own full queue only adds load
             raise exc
-        wait = self.retry.delay(attempt, exc.status, exc.retry_after, deadline - time.monotonic())
+        wait = self.retry.delay(attempt, exc.status, exc.retry_after, deadline - time.monotonic(),
+                                timeout=exc.timeout)
         if wait is None:
             if attempt:
                 exc.message = f"{exc.message} (after {attempt + 1} attempts)"
@@ -191,7 +202,8 @@ class UpstreamPool:
         return wait
 
     async def complete(self, name: str, body: dict[str, Any], role: str, deadline: float | None = None) -> CallResult:
-        """One completion, retried on connection errors, timeouts, 408/429/5xx until the deadline."""
+        """One completion, retried on connection errors, 408/429/5xx (timeouts with retry_timeouts) until the
+        deadline."""
         deadline = self.deadline() if deadline is None else deadline
         started = time.perf_counter()
         attempt, last = 0, None

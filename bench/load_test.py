@@ -6,8 +6,11 @@ calls (429 with Retry-After, 500, 503, dropped connections). The client sends a 
 `jisi-route`, pass-through and invalid requests, some streamed, at bounded concurrency, and classifies each:
 ok (200 with choices / a complete stream), error (OpenAI error JSON, or an error event then [DONE]) or LOST
 (timeout, connection error, malformed body or stream). Exit code 1 if any request was lost.
+`--hang MODEL` (or `--hang strongest`, the bank's most accurate model) makes one upstream accept every call
+and never answer, with the upstreams' timeout_s at 10 s (issue 11's setting).
 
-Usage: python bench/load_test.py [--requests 5000 --concurrency 64 --failure-rate 0.02 --bank DIR --no-write]
+Usage: python bench/load_test.py [--requests 5000 --concurrency 64 --failure-rate 0.02 --hang strongest
+                                  --bank DIR --no-write]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ QUESTIONS = [
 ]
 MIX = {"jisi": 0.40, "jisi-route": 0.20, "passthrough": 0.38, "invalid": 0.02}  # shares of requests
 STREAM_SHARE = 0.25
+HANG_TIMEOUT_S = 10.0  # the upstreams' timeout_s in a run with a hanging upstream (issue 11)
 
 
 def ensure_bank(path: Path | None, per_dataset: int = 20) -> Path:
@@ -67,7 +71,7 @@ def ensure_bank(path: Path | None, per_dataset: int = 20) -> Path:
     return path
 
 
-def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str]],
+def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str]], timeout_s: float = 30,
                   **settings: Any) -> ServerProcess:
     """The gateway as deployed: `jisi-gateway` (JSON logs at info, into workdir/gateway.log), configured by a
     YAML file.
@@ -75,7 +79,7 @@ def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str
     `upstreams` maps bank model name -> (base_url, model id sent upstream); `settings` are top-level keys.
     """
     config = {"bank_path": str(bank), "upstreams": [
-        {"name": name, "base_url": url, "model": model, "timeout_s": 30, "max_concurrency": 64}
+        {"name": name, "base_url": url, "model": model, "timeout_s": timeout_s, "max_concurrency": 64}
         for name, (url, model) in upstreams.items()], **settings}
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -87,6 +91,15 @@ def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str
                             log_path=workdir / "gateway.log")
     gateway.start()
     return gateway
+
+
+def strongest_model(bank: Path) -> str:
+    """The bank model with the best accuracy over its records: the one most often a candidate and aggregator."""
+    from app.bank import Bank
+
+    b = Bank.load(bank)
+    accuracy = [float(b.v[b.present[:, j], j].mean()) for j in range(len(b.models))]
+    return b.models[max(range(len(accuracy)), key=accuracy.__getitem__)]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -248,11 +261,13 @@ def report(args: argparse.Namespace, outcomes: list[Outcome], wall: float, rss: 
     lost = [o for o in outcomes if o.kind == "lost"]
     avg = ["/".join(f"{x:.2f}" for x in la) for la in load]
     lines = [
-        "## Load test (bench/load_test.py)", "", f"`{' '.join(['python bench/load_test.py', *sys.argv[1:]])}`", "",
+        "## Load test" + (", one upstream hanging" if args.hang else "") + " (bench/load_test.py)", "", f"`{' '.join(['python bench/load_test.py', *sys.argv[1:]])}`", "",
         f"{len(outcomes)} requests at concurrency {args.concurrency} on loopback; the gateway in its own process "
         f"(uvicorn), stub upstreams in another: lognormal delay (median {args.latency_ms:g} ms, sigma "
         f"{args.sigma:g}), {100 * args.failure_rate:g}% injected failures (429 with Retry-After, 500, 503, "
-        "dropped connection), the gateway's retries at their defaults. Mix: "
+        "dropped connection), the gateway's retries at their defaults"
+        + (f"; upstream {args.hang} hangs on every call (timeout_s {HANG_TIMEOUT_S:g} s)" if args.hang else "")
+        + ". Mix: "
         + ", ".join(f"{100 * v:.0f}% {k}" for k, v in MIX.items()) + f"; {100 * STREAM_SHARE:.0f}% of valid "
         f"requests streamed. Load average (1/5/15 min) before {avg[0]}, after {avg[1]} (2 cores, shared).", "",
         f"**lost: {len(lost)}** | ok: {kinds['ok']} | clean errors: {kinds['error']} | "
@@ -293,16 +308,24 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=5.0, help="idle time before the last RSS reading")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="client timeout: longer counts as lost")
     parser.add_argument("--bank", type=Path, help="a bank whose embedder is the default (else built and cached)")
+    parser.add_argument("--hang", help="an upstream that accepts calls and never answers: a bank model, or "
+                                       "'strongest' (the bank's most accurate model)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
     bank = ensure_bank(args.bank)
     models = list(read_manifest(bank).models)
+    if args.hang == "strongest":
+        args.hang = strongest_model(bank)
+    elif args.hang and args.hang not in models:
+        parser.error(f"--hang {args.hang}: not a bank model ({', '.join(models)})")
     load = [os.getloadavg()]
     stub_args = ["--latency-ms", str(args.latency_ms), "--sigma", str(args.sigma),
-                 "--failure-rate", str(args.failure_rate), "--seed", str(args.seed)]
+                 "--failure-rate", str(args.failure_rate), "--seed", str(args.seed),
+                 *(["--hang-models", args.hang] if args.hang else [])]
     with StubServer(stub_args) as stub, tempfile.TemporaryDirectory(prefix="jisi-load-") as tmp:
-        gateway = start_gateway(Path(tmp), bank, {m: (stub.base_url, m) for m in models})
+        gateway = start_gateway(Path(tmp), bank, {m: (stub.base_url, m) for m in models},
+                                timeout_s=HANG_TIMEOUT_S if args.hang else 30)
         try:
             assert gateway.proc is not None
             rss = RssMonitor(gateway.proc.pid)
@@ -323,7 +346,7 @@ def main() -> None:
     text = report(args, outcomes, wall, rss, metrics, stub_stats, load)
     print("\n" + text)
     if not args.no_write:
-        print(f"\nwritten to {write_section('load-test', text)}")
+        print(f"\nwritten to {write_section('load-test-hanging' if args.hang else 'load-test', text)}")
     sys.exit(1 if any(o.kind == "lost" for o in outcomes) else 0)
 
 

@@ -3,7 +3,8 @@ answer and usage, after a configurable delay, with an optional share of injected
 
 Latency: per-model fixed delays (`--delays model-a=200,model-b=400`), else `--latency-ms` as the median of a
 lognormal of shape `--sigma` (0 = fixed), plus uniform `--jitter-ms`. Failures (`--failure-rate`) are an even
-mix of 429 (with Retry-After), 500, 503 and a connection dropped mid-response. GET /stats counts what it did.
+mix of 429 (with Retry-After), 500, 503 and a connection dropped mid-response. `--hang-models a,b`: those
+models accept every request and never answer (until the client goes away). GET /stats counts what it did.
 
 Usage: python bench/stub_upstream.py --port 9101 [--latency-ms 120 --sigma 0.5] [--failure-rate 0.02]
        python bench/stub_upstream.py --port 9101 --delays model-a=200,model-b=400,model-c=800
@@ -45,6 +46,7 @@ class Behaviour:
     retry_after_s: int = 1
     seed: int | None = None
     jitter_by_question: bool = False  # the jitter is a function of the question: same question, same delay
+    hang_models: frozenset[str] = frozenset()  # accept the call, never answer
 
     def delay_s(self, model: str, rng: random.Random, question: str = "") -> float:
         if model in self.delays_ms:
@@ -103,6 +105,11 @@ def stub_app(behaviour: Behaviour) -> FastAPI:
         body = await request.json()
         model, stream = str(body.get("model", "stub")), bool(body.get("stream"))
         stats["requests"] += 1
+        if model in behaviour.hang_models:
+            stats["hung"] += 1
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.05)
+            return Response(status_code=499)
         failure = rng.choice(FAILURES) if rng.random() < behaviour.failure_rate else None
         if failure == "http_429":  # rate limits come back at once, not after the work
             stats[failure] += 1
@@ -248,9 +255,11 @@ def main() -> None:
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument("--retry-after-s", type=int, default=1, help="Retry-After of the injected 429s")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--hang-models", default="", help="models that accept calls and never answer: a,b")
     args = parser.parse_args()
     behaviour = Behaviour(args.latency_ms, args.sigma, args.jitter_ms, parse_delays(args.delays),
-                          args.failure_rate, args.retry_after_s, args.seed, args.jitter_by_question)
+                          args.failure_rate, args.retry_after_s, args.seed, args.jitter_by_question,
+                          frozenset(filter(None, (m.strip() for m in args.hang_models.split(",")))))
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     uvicorn.run(stub_app(behaviour), host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
                 backlog=2048)

@@ -286,7 +286,8 @@ async def test_passthrough_upstream_failure(settings, fake, minilm, bank_models,
         r = await client.post("/v1/chat/completions", json=chat_body(model, QUESTION))
     error = assert_openai_error(r, status, "upstream_error", code)
     assert error["details"] == [{"model": model, "status": failure.status, "timeout": failure.timeout,
-                                 "overloaded": False, "message": error["details"][0]["message"]}]
+                                 "overloaded": False, "circuit_open": False,
+                                 "message": error["details"][0]["message"]}]
     if failure.status:
         assert "overloaded" in error["message"]  # the upstream's own message, relayed
     else:

@@ -47,6 +47,23 @@ def test_delay_honours_retries_status_retry_after_and_the_deadline():
         408, 429, 500, 502, 503]
 
 
+def test_a_timeout_is_retried_only_when_configured():
+    policy = RetryPolicy(ResilienceSettings(retries=2), rand=lambda: 0.5)
+    assert policy.delay(0, None, None, 100, timeout=True) is None  # the default: a hung upstream costs one try
+    assert policy.delay(0, None, None, 100, timeout=False) == 0.125  # a refused connection is still retried
+    assert policy.delay(0, 503, None, 100) == 0.125
+    retrying = RetryPolicy(ResilienceSettings(retries=2, retry_timeouts=True), rand=lambda: 0.5)
+    assert retrying.delay(0, None, None, 100, timeout=True) == 0.125
+
+
+def test_the_default_quorum_is_all_candidates_but_one():
+    default = ResilienceSettings()
+    assert [default.quorum_of(k) for k in (1, 2, 3, 5)] == [1, 1, 2, 4]
+    assert [ResilienceSettings(quorum_slack=0).quorum_of(k) for k in (1, 3)] == [1, 3]  # wait for every one
+    assert [ResilienceSettings(quorum=2).quorum_of(k) for k in (1, 3, 5)] == [1, 2, 2]  # an absolute quorum
+    assert ResilienceSettings(quorum_slack=5).quorum_of(3) == 1
+
+
 def test_parse_retry_after_seconds_and_http_date():
     assert parse_retry_after("2") == 2.0
     assert parse_retry_after(" 0.5 ") == 0.5
@@ -125,6 +142,22 @@ async def test_gather_quorum_cancels_stragglers_after_the_grace_period():
     calls = {"a": answer("a", 0.01), "d": answer("d", 30)}
     results, late, at_deadline = await gather_quorum(calls, 2, 0.1, time.monotonic() + 0.2)
     assert results == {"a": "a"} and late == [] and at_deadline == ["d"]
+
+
+@pytest.mark.anyio
+async def test_the_grace_period_grows_with_the_time_the_quorum_took():
+    async def answer(value, delay):
+        await asyncio.sleep(delay)
+        return value
+
+    # the quorum took 0.3 s: with grace_ratio 1 a straggler answering 0.2 s later is still waited for ...
+    calls = {"a": answer("a", 0.3), "b": answer("b", 0.5)}
+    results, late, _ = await gather_quorum(calls, 1, 0.05, time.monotonic() + 10, grace_ratio=1.0)
+    assert results == {"a": "a", "b": "b"} and late == []
+    # ... but not with the fixed grace alone
+    calls = {"a": answer("a", 0.3), "b": answer("b", 0.5)}
+    results, late, _ = await gather_quorum(calls, 1, 0.05, time.monotonic() + 10)
+    assert results == {"a": "a"} and late == ["b"]
 
 
 @pytest.fixture

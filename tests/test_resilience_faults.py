@@ -104,9 +104,10 @@ async def test_a_faulty_candidate_degrades_then_the_gateway_recovers(mini_bank, 
             assert info["degraded"] is True and r.headers["x-jisi-degraded"] == "true"
             assert [e["model"] for e in info["errors"]] == [broken]
             assert any(broken in reason for reason in info["degraded_reasons"])
-            assert elapsed < 4  # two attempts of at most timeout_s = 1 s each
-            # retried once; a malformed 200 is not retried (the upstream did answer)
-            assert len(server.hits_for(broken, aggregation=False)) == (1 if fault.kind == "invalid_json" else 2)
+            assert elapsed < 2.5  # one attempt of at most timeout_s = 1 s, or two quick ones
+            # a 500 is retried once; a timeout is not (issue 11: each try would cost timeout_s), nor is a
+            # malformed 200 (the upstream did answer)
+            assert len(server.hits_for(broken, aggregation=False)) == (2 if fault.kind == "status" else 1)
         else:
             assert broken in info["answered"]
         await assert_next_request_is_normal(client, server)
