@@ -37,7 +37,7 @@ ENV HF_HUB_OFFLINE=1 \
 
 USER jisi
 # Fails the build if the packaged embedding model does not load offline (as the runtime user).
-RUN python -c "from app.embedder import make_embedder; from app.settings import EmbedderSettings; \
+RUN python -c "from app.embedding import make_embedder; from app.config import EmbedderSettings; \
 e = make_embedder(EmbedderSettings(cache_dir=None)); v = e.embed(['ping']); \
 assert v.shape == (1, 384), v.shape; print('embedder ok:', e.name, v.shape)"
 

@@ -1,14 +1,17 @@
-"""OpenAI wire schemas (chat completions, models, errors) and JiSi's additions. Nothing else."""
+"""OpenAI wire schemas (chat completions, models, errors) and JiSi's additions. Nothing else.
+
+The `jisi` overrides are derived from the hyperparameters' one declaration (app/engine/params.py)."""
 
 from __future__ import annotations
 
 import math
 import time
-import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from app.engine.params import Mode, param_specs
 
 
 MAX_JSON_DEPTH = 100  # arrays/objects inside one another; far beyond any real request (tool schemas included)
@@ -88,24 +91,26 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class JiSiOverrides(BaseModel):
+class _JiSiOverridesBase(BaseModel):
     """Per-request overrides, sent as the body field `jisi` (OpenAI SDK: extra_body={"jisi": {...}})."""
 
     model_config = ConfigDict(extra="forbid", strict=STRICT)
-    k: int | None = Field(None, ge=1, le=16)
-    n_base: int | None = Field(None, ge=1)
-    gamma: float | None = Field(None, ge=0, le=1)
-    beta: float | None = Field(None, ge=0, le=1)
-    eps: float | None = Field(None, ge=0, le=1)
-    sigma: float | None = Field(None, ge=0, le=1)
-    delta: float | None = Field(None, ge=0, le=1)
-    t: float | None = Field(None, ge=0, le=1)
-    mode: Literal["adaptive", "route", "aggregate"] | None = None
-    max_cost_usd: float | None = Field(None, gt=0)
 
     def param_overrides(self) -> dict[str, Any]:
-        fields = ("k", "n_base", "gamma", "beta", "eps", "sigma", "delta", "t")
-        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+        """The hyperparameters this request sets (JiSiParams field -> value)."""
+        return {s.name: getattr(self, s.name) for s in param_specs()
+                if s.request and getattr(self, s.name) is not None}
+
+
+# the hyperparameters a request may set are derived from JiSiParams (app/engine/params.py): same names,
+# same bounds as the settings; plus the request's own mode and cost cap
+JiSiOverrides = create_model(
+    "JiSiOverrides", __base__=_JiSiOverridesBase,
+    **{s.name: (s.type | None, Field(None, ge=s.ge, le=s.le, description=s.doc)) for s in param_specs() if s.request},
+    mode=(Mode | None, None),
+    max_cost_usd=(float | None, Field(None, gt=0, description="a cost cap: aggregate -> route -> one model "
+                                                              "before it would overspend")),
+)
 
 
 EXAMPLE_MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -129,7 +134,7 @@ class ChatCompletionRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
-    jisi: JiSiOverrides | None = None
+    jisi: JiSiOverrides | None = None  # type: ignore[valid-type]
 
     @model_validator(mode="before")
     @classmethod
@@ -184,12 +189,8 @@ class Choice(BaseModel):
     logprobs: Any = None
 
 
-def completion_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
-
-
 class ChatCompletion(BaseModel):
-    id: str = Field(default_factory=completion_id)
+    id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
@@ -254,7 +255,7 @@ class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=STRICT)
     model: str = "jisi"
     messages: list[ChatMessage] = Field(min_length=1, examples=[EXAMPLE_MESSAGES])
-    jisi: JiSiOverrides | None = None
+    jisi: JiSiOverrides | None = None  # type: ignore[valid-type]
     neighbours: int = Field(10, ge=0, le=100)
 
     @model_validator(mode="before")

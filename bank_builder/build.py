@@ -9,16 +9,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from app.bank import (
-    Bank, BankError, BankFiles, EmbedderInfo, Manifest, QueryInfo, SourceInfo, FORMAT_VERSION,
-    read_manifest,
+from app.bank import index as bank_index
+from app.bank import writer as bank_writer
+from app.bank.format import (
+    FORMAT_VERSION, BankError, BankFiles, EmbedderInfo, Manifest, QueryInfo, SourceInfo, file_name, read_manifest,
 )
-from app import bank_index
-from app.bank_index import BankIndexSettings
-from app.embedder import Embedder
+from app.bank.reader import Bank
+from app.config import BankIndexSettings, EmbedderSettings
+from app.embedding.backends import Embedder
 from app.engine import JiSiParams
-from bank_builder import bank_writer
-from bank_builder.records import RecordMatrix
+from bank_builder.records import RecordMatrix, RecordSelection
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,15 @@ def build_bank(
     out.mkdir(parents=True, exist_ok=True)
     queries = [QueryInfo(text=q, dataset=d, index=int(i))
                for q, d, i in zip(matrix.queries, matrix.datasets, matrix.indices)]
+    name = lambda kind, j=None: file_name(kind, build_id, j)  # noqa: E731
     files = BankFiles(
-        query_emb=bank_writer.save_array(out, f"query_emb-{build_id}.npy", e),
-        responses=[bank_writer.save_array(out, f"resp-{build_id}-{j}.npy", r) for j, r in enumerate(responses)],
-        v=bank_writer.save_array(out, f"v-{build_id}.npy", matrix.score.astype(np.float32)),
-        c=bank_writer.save_array(out, f"c-{build_id}.npy", _tokens(matrix)),
-        present=bank_writer.save_array(out, f"present-{build_id}.npy", matrix.present.astype(bool)),
-        queries=bank_writer.save_queries(out, f"queries-{build_id}.jsonl", queries),
-        index=bank_writer.save_index(out, f"index-{build_id}.faiss", e, index),
+        query_emb=bank_writer.save_array(out, name("query_emb"), e),
+        responses=[bank_writer.save_array(out, name("responses", j), r) for j, r in enumerate(responses)],
+        v=bank_writer.save_array(out, name("v"), matrix.score.astype(np.float32)),
+        c=bank_writer.save_array(out, name("c"), _tokens(matrix)),
+        present=bank_writer.save_array(out, name("present"), matrix.present.astype(bool)),
+        queries=bank_writer.save_queries(out, name("queries"), queries),
+        index=bank_writer.save_index(out, name("index"), e, index),
     )
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -106,6 +107,23 @@ def build_bank(
     )
     bank_writer.commit(out, manifest)
     return manifest
+
+
+def build_from_records(selection: RecordSelection, embedder_settings: EmbedderSettings, out: str | Path, *,
+                       part: str = "all", train_ratio: float = 0.7, params: JiSiParams,
+                       index: BankIndexSettings | None = None) -> Manifest:
+    """`jisi-bank build`: load the selected records, keep `part` ("all", or the "train" / "test" part of the
+    paper's per-dataset split), embed and write the bank."""
+    from app.embedding import make_embedder
+    from bank_builder.evaluate.split import train_test_split
+
+    matrix = selection.load(progress=True)
+    split = {"part": part, "seed": selection.seed, "train_ratio": train_ratio,
+             "max_queries_per_dataset": selection.max_queries_per_dataset}
+    if part != "all":
+        train, test = train_test_split(matrix.datasets, matrix.indices, seed=selection.seed, train_ratio=train_ratio)
+        matrix = matrix.subset(train if part == "train" else test)
+    return build_bank(matrix, make_embedder(embedder_settings), out, params=params, split=split, index=index)
 
 
 def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, *, progress: bool = True) -> Manifest:
@@ -147,11 +165,11 @@ def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, 
     offset = len(old.models)
     files = old.files.model_copy(update={
         "responses": old.files.responses + [
-            bank_writer.save_array(bank_path, f"resp-{build_id}-{offset + j}.npy", r)
+            bank_writer.save_array(bank_path, file_name("responses", build_id, offset + j), r)
             for j, r in enumerate(new_responses)],
-        "v": bank_writer.save_array(bank_path, f"v-{build_id}.npy", np.hstack([bank.v, v_new])),
-        "c": bank_writer.save_array(bank_path, f"c-{build_id}.npy", np.hstack([bank.c, c_new])),
-        "present": bank_writer.save_array(bank_path, f"present-{build_id}.npy",
+        "v": bank_writer.save_array(bank_path, file_name("v", build_id), np.hstack([bank.v, v_new])),
+        "c": bank_writer.save_array(bank_path, file_name("c", build_id), np.hstack([bank.c, c_new])),
+        "present": bank_writer.save_array(bank_path, file_name("present", build_id),
                                           np.hstack([bank.present, present_new])),
     })
     manifest = old.model_copy(update={

@@ -1,28 +1,31 @@
-"""`jisi-bank`: build, extend, inspect and evaluate embedding banks."""
+"""`jisi-bank`: build, extend, inspect and evaluate embedding banks, and collect records.
+
+Argument parsing only: each command turns its arguments into typed options (RecordSelection,
+EmbedderSettings, BankIndexSettings, EvaluateOptions, CollectOptions) and calls the library with them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from app.bank import BankError, read_manifest
-from app.bank_index import BankIndexSettings
-from app.embedder import EmbedderError
-from app.settings import EmbedderSettings, Settings
+from app.bank.format import BankError, read_manifest
+from app.config import BankIndexSettings, EmbedderSettings, Settings, comma_list
+from app.embedding import EmbedderError
+from app.engine import JiSiParams
+from app.engine.params import parse_param
+from bank_builder.records import RecordSelection
 
 log = logging.getLogger("jisi-bank")
 
 
-def _csv(values: list[str] | None) -> list[str] | None:
-    """--models a,b --models c -> [a, b, c]."""
-    if not values:
-        return None
-    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+# ---------------------------------------------------------------- options shared by the commands
 
 
 def _add_record_options(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +39,12 @@ def _add_record_options(parser: argparse.ArgumentParser) -> None:
                         help="on duplicate (dataset, index, model) rows keep the later one instead of failing")
     parser.add_argument("--seed", type=int, default=42, help="seed of the split and subsets (paper: 42)")
     parser.add_argument("--train-ratio", type=float, default=0.7, help="train share per dataset (paper: 0.7)")
+
+
+def record_selection(args: argparse.Namespace) -> RecordSelection:
+    return RecordSelection(paths=tuple(Path(p) for p in args.records), datasets=tuple(comma_list(args.datasets)) or None,
+                           models=tuple(comma_list(args.models)) or None, max_queries_per_dataset=args.max_queries,
+                           keep_latest=args.keep_latest, seed=args.seed)
 
 
 def _add_embedder_options(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +74,7 @@ def embedder_settings(args: argparse.Namespace) -> EmbedderSettings:
 
 def _add_index_options(parser: argparse.ArgumentParser) -> None:
     defaults = BankIndexSettings()
-    group = parser.add_argument_group("search index (see app/bank_index.py)")
+    group = parser.add_argument_group("search index (see app/bank/index.py)")
     group.add_argument("--index", choices=["auto", "flat", "ivf"], default=defaults.kind,
                        help="flat: exact; ivf: approximate, for large banks; auto: flat up to --index-threshold "
                             f"queries, ivf above (default: {defaults.kind})")
@@ -79,55 +88,46 @@ def index_settings(args: argparse.Namespace) -> BankIndexSettings:
     return BankIndexSettings(kind=args.index, approximate_above=args.index_threshold, nlist=args.nlist)
 
 
-def _load(args: argparse.Namespace):
-    from bank_builder.records import load_records
+def jisi_params(pairs: list[str]) -> JiSiParams:
+    """--param NAME=VALUE overrides over the configured (paper-default) hyperparameters."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--param expects NAME=VALUE, got {pair!r}")
+        overrides[name.strip()] = parse_param(name.strip(), value)
+    return Settings().jisi.params().with_overrides(overrides)
 
-    started = time.perf_counter()
-    matrix = load_records(
-        args.records, datasets=_csv(args.datasets), models=_csv(args.models), keep_latest=args.keep_latest,
-        max_queries_per_dataset=args.max_queries, seed=args.seed, progress=True,
-    )
-    print(matrix.report.summary(), file=sys.stderr)
-    print(f"loaded {len(matrix.queries)} queries x {len(matrix.models)} models "
-          f"in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    return matrix
+
+# ---------------------------------------------------------------- commands
 
 
 def cmd_build(args: argparse.Namespace) -> None:
-    from app.embedder import make_embedder
-    from bank_builder.build import build_bank
-    from bank_builder.split import train_test_split
+    from bank_builder.build import build_from_records
 
     started = time.perf_counter()
-    matrix = _load(args)
-    split = {"part": args.split, "seed": args.seed, "train_ratio": args.train_ratio,
-             "max_queries_per_dataset": args.max_queries}
-    if args.split != "all":
-        train, test = train_test_split(matrix.datasets, matrix.indices, seed=args.seed, train_ratio=args.train_ratio)
-        matrix = matrix.subset(train if args.split == "train" else test)
-    embedder = make_embedder(embedder_settings(args))
-    manifest = build_bank(matrix, embedder, args.out, params=Settings().jisi.params(), split=split,
-                          index=index_settings(args))
+    manifest = build_from_records(record_selection(args), embedder_settings(args), args.out, part=args.split,
+                                  train_ratio=args.train_ratio, params=Settings().jisi.params(),
+                                  index=index_settings(args))
     print(f"bank {manifest.build_id} written to {args.out}: {manifest.n_queries} queries, "
           f"{len(manifest.models)} models, {manifest.n_records} records, {manifest.index_type} index "
           f"in {time.perf_counter() - started:.1f}s")
 
 
 def cmd_add_model(args: argparse.Namespace) -> None:
-    from app.embedder import make_embedder
+    from app.embedding import make_embedder
     from bank_builder.build import add_models
 
-    matrix = _load(args)
-    embedder = make_embedder(embedder_settings(args))
+    matrix = record_selection(args).load(progress=True)
     before = read_manifest(args.bank)
-    manifest = add_models(args.bank, matrix, embedder)
+    manifest = add_models(args.bank, matrix, make_embedder(embedder_settings(args)))
     added = manifest.models[len(before.models):]
     print(f"added {', '.join(added)} to {args.bank}: now {len(manifest.models)} models, "
           f"{manifest.n_records} records (build {manifest.build_id})")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from app.bank import Bank
+    from app.bank.reader import Bank
 
     bank = Bank.load(args.bank)
     m = bank.manifest
@@ -155,15 +155,42 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from bank_builder.evaluate import evaluate
+    from bank_builder.evaluate.run import EvaluateOptions, evaluate
 
-    evaluate(args)
+    evaluate(EvaluateOptions(records=record_selection(args), out=args.out, embedder=embedder_settings(args),
+                             params=jisi_params(args.param), train_ratio=args.train_ratio, prices=args.prices,
+                             plots=not args.no_plots))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from bank_builder.collect import run_cli
+    from bank_builder.collect import CollectOptions, collect, load_questions, scorers, settings_from
 
-    run_cli(args)
+    overrides = {}
+    for item in args.scorer or []:
+        dataset, sep, kind = item.partition("=")
+        if not sep or not dataset or not kind:
+            raise ValueError(f"--scorer expects DATASET=KIND, got {item!r}")
+        scorers.get_scorer(kind)
+        overrides[dataset] = kind
+    options = CollectOptions(max_tokens=args.max_tokens, temperature=args.temperature, concurrency=args.concurrency,
+                             retries=args.retries, split=args.split, scorers=overrides,
+                             **({"prompt_template": args.prompt_template} if args.prompt_template else {}))
+    settings = settings_from(args.config)
+    questions = load_questions(args.questions, datasets=comma_list(args.datasets) or None,
+                               max_queries=args.max_queries, seed=args.seed)
+    print(f"{len(questions)} questions from {len(args.questions)} source(s)", file=sys.stderr)
+    try:
+        summary = asyncio.run(collect(questions, settings, comma_list(args.upstreams) or None, args.out,
+                                      cache_path=args.cache, options=options, progress=not args.no_progress))
+    except KeyboardInterrupt:
+        print("interrupted: finished answers are kept in the cache; rerun the same command to resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    if args.no_progress:
+        print(summary.table())
+
+
+# ---------------------------------------------------------------- the parser
 
 
 def _add_collect_parser(sub: argparse._SubParsersAction) -> None:
@@ -192,7 +219,7 @@ def _add_collect_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="jisi-bank", description=__doc__)
+    root = argparse.ArgumentParser(prog="jisi-bank", description=__doc__.splitlines()[0])
     root.add_argument("-v", "--verbose", action="store_true")
     sub = root.add_subparsers(dest="command", required=True)
 

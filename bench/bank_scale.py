@@ -5,8 +5,8 @@ index memory, build time, and the recall of the support set I (app.engine.suppor
 JiSiParams) of the approximate index against the exact one. Also the embedding model's texts/s, the real
 cost of building a bank. Prints a markdown section and writes it into docs/benchmarks.md ("bank-scale").
 
-    .venv/bin/python bench/bank_scale.py                    # 10k, 100k, 1M (~15 min on 2 cores)
-    .venv/bin/python bench/bank_scale.py --sizes 10000 --no-write
+    .venv/bin/python -m bench.bank_scale                    # 10k, 100k, 1M (~15 min on 2 cores)
+    .venv/bin/python -m bench.bank_scale --sizes 10000 --no-write
 
 Embeddings: MiniLM cannot embed 1M texts here, so the bank is synthetic around real ones (see `synthesize`).
 """
@@ -27,13 +27,11 @@ import faiss
 import numpy as np
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from app import bank_index  # noqa: E402
-from app.bank_index import BankIndexSettings  # noqa: E402
-from app.engine import JiSiParams  # noqa: E402
-from app.engine.support import SupportSet, support_set  # noqa: E402
-from bench.report import write_section  # noqa: E402
+from app.bank import index as bank_index
+from app.config import BankIndexSettings
+from app.engine import JiSiParams
+from app.engine.support import SupportSet, support_set
+from bench.report import write_section
 
 DATA = Path(os.environ.get("JISI_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ARCHIVES = [DATA / "zeroeval-bench.tar.xz", DATA / "mmlupro-bench.tar.xz"]
@@ -51,8 +49,8 @@ class Real:
 
 def real_embeddings(per_dataset: int) -> Real:
     """Embed up to `per_dataset` real questions per dataset of the benchmark archives (cached on disk)."""
-    from app.embedder import make_embedder
-    from app.settings import EmbedderSettings
+    from app.embedding import make_embedder
+    from app.config import EmbedderSettings
 
     settings = EmbedderSettings()
     key = hashlib.sha256(json.dumps([settings.model, per_dataset] + [
@@ -82,8 +80,8 @@ def real_embeddings(per_dataset: int) -> Real:
 
 def embedding_throughput(texts: list[str], n: int = 256) -> float:
     """Texts/s of the configured embedder without its cache: what a bank build pays per query and response."""
-    from app.embedder import make_embedder
-    from app.settings import EmbedderSettings
+    from app.embedding import make_embedder
+    from app.config import EmbedderSettings
 
     sample = list(np.random.default_rng(1).choice(np.asarray(texts, dtype=object), n, replace=False))
     embedder = make_embedder(EmbedderSettings(), use_cache=False)

@@ -1,6 +1,6 @@
 """Engine decision time per query (the numpy part only: plan + gather + decide) on synthetic banks.
 
-Usage: python bench/engine_bench.py [--sizes 10000 100000] [--models 10] [--dim 384] [--queries 200]
+Usage: python -m bench.engine_bench [--sizes 10000 100000] [--models 10] [--dim 384] [--queries 200]
 Prints a table; the search (FAISS exact, one thread) is timed separately for reference.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from app.bank import Bank
+from app.bank.reader import Bank
 from app.engine import JiSiParams, LiveResponses, decide, plan
 from bank_builder.build import build_bank
 from bank_builder.records import ImportReport, RecordMatrix

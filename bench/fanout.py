@@ -8,8 +8,8 @@ same run; ratio = gateway wall time / slowest direct call of that round. Sequent
 
 --url: against a running gateway (e.g. the demo's); candidates alone are then timed through its pass-through.
 
-Usage: python bench/fanout.py [--rounds 30] [--delays 200,400,800] [--bank DIR] [--no-write]
-       python bench/fanout.py --url http://127.0.0.1:8000 [--rounds 6] [--max-tokens 48] --no-write
+Usage: python -m bench.fanout [--rounds 30] [--delays 200,400,800] [--bank DIR] [--no-write]
+       python -m bench.fanout --url http://127.0.0.1:8000 [--rounds 6] [--max-tokens 48] --no-write
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any
 
 import httpx
 
-from app.bank import read_manifest
-from load_test import QUESTIONS, ensure_bank, pct, start_gateway
-from report import idle_penalty, write_section
-from stub_upstream import StubServer
+from app.bank.format import read_manifest
+from bench.common import QUESTIONS, ensure_bank, pct, start_gateway
+from bench.report import idle_penalty, write_section
+from bench.stub_upstream import StubServer
 
 Direct = dict[str, tuple[str, str]]  # model name at the gateway -> (base URL to call it alone, model id there)
 
@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     rounds, setup = remote(args) if args.url else local(args)
-    text = report(rounds, setup, " ".join(["python bench/fanout.py", *sys.argv[1:]]))
+    text = report(rounds, setup, " ".join(["python -m bench.fanout", *sys.argv[1:]]))
     print("\n" + text)
     if not args.no_write:
         print(f"\nwritten to {write_section('fanout', text)}")

@@ -9,7 +9,7 @@ ok (200 with choices / a complete stream), error (OpenAI error JSON, or an error
 `--hang MODEL` (or `--hang strongest`, the bank's most accurate model) makes one upstream accept every call
 and never answer, with the upstreams' timeout_s at 10 s (issue 11's setting).
 
-Usage: python bench/load_test.py [--requests 5000 --concurrency 64 --failure-rate 0.02 --hang strongest
+Usage: python -m bench.load_test [--requests 5000 --concurrency 64 --failure-rate 0.02 --hang strongest
                                   --bank DIR --no-write]
 """
 
@@ -30,81 +30,25 @@ from typing import Any
 
 import httpx
 import psutil
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.bank import read_manifest
-from report import write_section
-from stub_upstream import ServerProcess, StubServer, free_port
+from app.bank.format import read_manifest
+from bench.common import QUESTIONS, ensure_bank, pct, start_gateway
+from bench.report import write_section
+from bench.stub_upstream import StubServer
 
-REPO = Path(__file__).resolve().parent.parent
-MINI_BENCH = Path(os.environ.get("JISI_SHARED_DATA", REPO.parent / "shared" / "data")) / "mini-bench.tar.gz"
-BANK_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jisi" / "bench-banks"
-QUESTIONS = [
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May. How many in total?",
-    "What is the output of f('hello') where f reverses a string and upper-cases it?",
-    "Find the remainder when 2^100 is divided by 7.",
-    "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts does it take?",
-    "How many positive divisors does 360 have?",
-]
 MIX = {"jisi": 0.40, "jisi-route": 0.20, "passthrough": 0.38, "invalid": 0.02}  # shares of requests
 STREAM_SHARE = 0.25
 HANG_TIMEOUT_S = 10.0  # the upstreams' timeout_s in a run with a hanging upstream (issue 11)
 
 
-def ensure_bank(path: Path | None, per_dataset: int = 20) -> Path:
-    """A small real bank (mini-bench, `per_dataset` questions per dataset x 8 models), built once and cached."""
-    path = path or BANK_CACHE / f"mini-{per_dataset}"
-    if (path / "manifest.json").is_file():
-        return path
-    from app.embedder import make_embedder
-    from app.engine import JiSiParams
-    from app.settings import EmbedderSettings
-    from bank_builder.build import build_bank
-    from bank_builder.records import load_records
-
-    print(f"building the bank at {path} (once) ...", flush=True)
-    embedder = make_embedder(EmbedderSettings())  # the default model, behind the shared embedding cache
-    matrix = load_records([MINI_BENCH], max_queries_per_dataset=per_dataset, seed=42)
-    build_bank(matrix, embedder, path, params=JiSiParams(), split={"part": "all", "seed": 42}, progress=False)
-    embedder.close()
-    return path
-
-
-def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str]], timeout_s: float = 30,
-                  **settings: Any) -> ServerProcess:
-    """The gateway as deployed: `jisi-gateway` (JSON logs at info, into workdir/gateway.log), configured by a
-    YAML file.
-
-    `upstreams` maps bank model name -> (base_url, model id sent upstream); `settings` are top-level keys.
-    """
-    config = {"bank_path": str(bank), "upstreams": [
-        {"name": name, "base_url": url, "model": model, "timeout_s": timeout_s, "max_concurrency": 64}
-        for name, (url, model) in upstreams.items()], **settings}
-    path = workdir / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    env = {**os.environ, "JISI_CONFIG": str(path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    argv = [sys.executable, "-c", "from app.main import run; run()", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "info"]
-    gateway = ServerProcess(argv, port, ready_path="/readyz", timeout_s=300, env=env, cwd=REPO,
-                            log_path=workdir / "gateway.log")
-    gateway.start()
-    return gateway
-
-
 def strongest_model(bank: Path) -> str:
     """The bank model with the best accuracy over its records: the one most often a candidate and aggregator."""
-    from app.bank import Bank
+    from app.bank.reader import Bank
 
     b = Bank.load(bank)
     accuracy = [float(b.v[b.present[:, j], j].mean()) for j in range(len(b.models))]
     return b.models[max(range(len(accuracy)), key=accuracy.__getitem__)]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] if ordered else float("nan")
 
 
 @dataclass
@@ -261,7 +205,7 @@ def report(args: argparse.Namespace, outcomes: list[Outcome], wall: float, rss: 
     lost = [o for o in outcomes if o.kind == "lost"]
     avg = ["/".join(f"{x:.2f}" for x in la) for la in load]
     lines = [
-        "## Load test" + (", one upstream hanging" if args.hang else "") + " (bench/load_test.py)", "", f"`{' '.join(['python bench/load_test.py', *sys.argv[1:]])}`", "",
+        "## Load test" + (", one upstream hanging" if args.hang else "") + " (bench/load_test.py)", "", f"`{' '.join(['python -m bench.load_test', *sys.argv[1:]])}`", "",
         f"{len(outcomes)} requests at concurrency {args.concurrency} on loopback; the gateway in its own process "
         f"(uvicorn), stub upstreams in another: lognormal delay (median {args.latency_ms:g} ms, sigma "
         f"{args.sigma:g}), {100 * args.failure_rate:g}% injected failures (429 with Retry-After, 500, 503, "

@@ -11,7 +11,7 @@ model call (micro-batching at work).
 "The limit", in the same run: the embedding model alone, on a thread as the gateway runs it, for one query
 then K responses (the texts the stub answers), and its batched throughput; `jisi` is reported against it.
 
-Usage: python bench/overhead.py [--bank DIR] [--requests 256] [--no-write]
+Usage: python -m bench.overhead [--bank DIR] [--requests 256] [--no-write]
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import psutil
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.bank import read_manifest
-from app.embedder import SentenceTransformerEmbedder
-from load_test import ensure_bank, pct, start_gateway
-from report import idle_penalty, write_section
-from stub_upstream import StubServer, answer_text
+from app.bank.format import read_manifest
+from app.embedding.backends import SentenceTransformerEmbedder
+from bench.common import ensure_bank, pct, start_gateway
+from bench.report import idle_penalty, write_section
+from bench.stub_upstream import StubServer, answer_text
 
 QUESTIONS = [
     "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total?",
@@ -173,7 +173,7 @@ def limit_in_thread(models: list[str]) -> dict[str, float]:
 
 def report(results: dict[tuple[str, int], dict[str, Any]], slow: dict[tuple[str, int], dict[str, Any]],
            limit: dict[str, float], load: str) -> str:
-    lines = ["## Gateway overhead (bench/overhead.py)", "", "`python bench/overhead.py`", "",
+    lines = ["## Gateway overhead (bench/overhead.py)", "", "`python -m bench.overhead`", "",
              "Zero-latency stub upstream, gateway and client in three processes on loopback (2 CPU cores shared "
              "by all three and the embedding model). Added latency = gateway percentile minus direct-stub "
              f"percentile at the same concurrency. {load}", "",

@@ -6,8 +6,8 @@ lognormal of shape `--sigma` (0 = fixed), plus uniform `--jitter-ms`. Failures (
 mix of 429 (with Retry-After), 500, 503 and a connection dropped mid-response. `--hang-models a,b`: those
 models accept every request and never answer (until the client goes away). GET /stats counts what it did.
 
-Usage: python bench/stub_upstream.py --port 9101 [--latency-ms 120 --sigma 0.5] [--failure-rate 0.02]
-       python bench/stub_upstream.py --port 9101 --delays model-a=200,model-b=400,model-c=800
+Usage: python -m bench.stub_upstream --port 9101 [--latency-ms 120 --sigma 0.5] [--failure-rate 0.02]
+       python -m bench.stub_upstream --port 9101 --delays model-a=200,model-b=400,model-c=800
 In Python: `with StubServer(["--delays", "a=200"]) as stub: stub.base_url` (a subprocess, waited for).
 """
 
@@ -20,18 +20,17 @@ import json
 import logging
 import math
 import random
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, AsyncIterator, Self, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from bench.common import REPO, ServerProcess, free_port
 
 FAILURES = ("http_429", "http_500", "http_503", "drop")
 
@@ -165,72 +164,12 @@ def parse_delays(spec: str) -> dict[str, float]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """A server in a subprocess: start, wait until `ready_path` answers 200, stop (terminate, then kill)."""
-
-    def __init__(self, argv: Sequence[str], port: int, ready_path: str = "/healthz", timeout_s: float = 30.0,
-                 env: dict[str, str] | None = None, cwd: Path | None = None, log_path: Path | None = None) -> None:
-        self.argv, self.port, self.ready_path, self.timeout_s = list(argv), port, ready_path, timeout_s
-        self.env, self.cwd, self.log_path = env, cwd, log_path  # log_path: its stdout and stderr, else ours
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab") if self.log_path else None
-        try:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log,
-                                         stderr=subprocess.STDOUT if log else None)
-        finally:
-            if log:
-                log.close()  # the child holds its own descriptor
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path else ""
-                raise RuntimeError(f"{self.argv[:4]} exited with {self.proc.returncode} before it was ready"
-                                   + (f"; its log ends:\n{tail}" if tail else ""))
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.argv[:4]} not ready on port {self.port} after {self.timeout_s:g}s")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 class StubServer(ServerProcess):
     """This stub in a subprocess; `args` are its command-line options (without --port)."""
 
     def __init__(self, args: Sequence[str] = (), port: int | None = None) -> None:
         port = port or free_port()
-        super().__init__([sys.executable, str(Path(__file__).resolve()), "--port", str(port), *args], port)
+        super().__init__([sys.executable, "-m", "bench.stub_upstream", "--port", str(port), *args], port, cwd=REPO)
 
     @property
     def base_url(self) -> str:

@@ -33,8 +33,8 @@ def embedding_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def minilm(embedding_cache_dir: Path):
     """The packaged MiniLM behind a cache: the real default embedder, loaded once per session."""
-    from app.embedder import make_embedder
-    from app.settings import EmbedderSettings
+    from app.embedding import make_embedder
+    from app.config import EmbedderSettings
 
     embedder = make_embedder(EmbedderSettings(cache_dir=embedding_cache_dir))
     yield embedder

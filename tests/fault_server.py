@@ -12,14 +12,14 @@ import json
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from app.aggregation import AGGREGATION_INSTRUCTIONS
+from app.pipeline.aggregate import AGGREGATION_INSTRUCTIONS
 
 Kind = Literal["ok", "hang", "slow", "status", "invalid_json", "empty", "cut", "oversized"]
 

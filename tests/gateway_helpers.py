@@ -18,11 +18,11 @@ import httpx
 import pytest
 import respx
 
-from app.aggregation import AGGREGATION_INSTRUCTIONS
-from app.bank import read_manifest
-from app.main import create_app
-from app.resilience import ResilienceSettings
-from app.settings import EmbedderSettings, JiSiSettings, Settings, UpstreamSettings
+from app.pipeline.aggregate import AGGREGATION_INSTRUCTIONS
+from app.bank.format import read_manifest
+from app.http.app import create_app
+from app.config import ResilienceSettings
+from app.config import EmbedderSettings, JiSiSettings, Settings, UpstreamSettings
 
 UPSTREAM_URL = r"^http://up(\d+)\.test/v1/chat/completions$"
 
@@ -223,7 +223,7 @@ async def running_gateway(settings: Settings, embedder, fake: FakeUpstreams | No
             router.post(url__regex=UPSTREAM_URL).mock(side_effect=fake.handle)
         async with app.router.lifespan_context(app):
             if keepalive_s is not None:
-                app.state.gateway.keepalive_s = keepalive_s
+                app.state.jisi.gateway.keepalive_s = keepalive_s
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
             async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as client:
                 yield app, client

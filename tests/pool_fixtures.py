@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from bank_builder.pool import PoolError, ServerInfo, start_pool, stop_pool
+from localpool.servers import PoolError, ServerInfo, start_pool, stop_pool
 
 REPO = Path(__file__).resolve().parents[1]
 POOL_SPEC = REPO / "config" / "local-pool.yaml"

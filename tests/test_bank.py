@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.bank import Bank, BankError, read_manifest
+from app.bank.reader import Bank
+from app.bank.format import BankError, read_manifest
 from app.engine import JiSiParams
-from bank_builder import bank_writer
+from app.bank import writer as bank_writer
 from bank_builder.build import add_models, build_bank
 from bank_builder.records import load_records
-from bank_builder.split import train_test_split
+from bank_builder.evaluate.split import train_test_split
 
 
 class CountingEmbedder:

@@ -10,9 +10,10 @@ import faiss
 import numpy as np
 import pytest
 
-from app import bank_index
-from app.bank import Bank, BankError
-from app.bank_index import BankIndexSettings
+from app.bank import index as bank_index
+from app.bank.reader import Bank
+from app.bank.format import BankError
+from app.config import BankIndexSettings
 from app.engine import JiSiParams
 from app.engine.support import support_set
 from bank_builder.build import build_bank

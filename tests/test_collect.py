@@ -15,8 +15,8 @@ import pytest
 import respx
 
 from app.engine import JiSiParams
-from app.settings import Settings, UpstreamSettings
-from bank_builder import scorers
+from app.config import Settings, UpstreamSettings
+from bank_builder.collect import scorers
 from bank_builder.cli import main
 from bank_builder.collect import CollectOptions, Question, collect, load_questions
 from bank_builder.records import RecordError, load_records
@@ -95,7 +95,7 @@ def test_registry_defaults_and_plugins() -> None:
     assert scorers.scorer_for("gsm8k") is scorers.numeric and scorers.scorer_for("gsm8k", "exact") is scorers.exact
     scorers.register_scorer("always", lambda response, truth: (1.0, response))
     assert scorers.scorer_for("anything", "always")("x", "y") == (1.0, "x")
-    assert scorers.get_scorer("bank_builder.scorers:choice") is scorers.choice
+    assert scorers.get_scorer("bank_builder.collect.scorers:choice") is scorers.choice
     with pytest.raises(ValueError, match="unknown scorer"):
         scorers.get_scorer("nope")
     with pytest.raises(ValueError, match="cannot import"):

@@ -17,11 +17,11 @@ import uvicorn
 import yaml
 
 from app.engine import JiSiParams
-from app.main import create_app
-from app.settings import Settings
+from app.http.app import create_app
+from app.config import Settings
 from bank_builder.build import build_bank
 from bank_builder.collect import CollectOptions, collect, load_questions
-from bank_builder.pool import kill_server
+from localpool.servers import kill_server
 from bank_builder.records import load_records
 from tests.conftest import REPO
 

@@ -13,18 +13,14 @@ import numpy as np
 import pytest
 import respx
 
-import app.embedder as embedder_module
-from app.embedder import (
-    CachedEmbedder,
-    Embedder,
-    EmbedderError,
-    RemoteEmbedder,
-    SentenceTransformerEmbedder,
-    make_embedder,
-    resolve_model_path,
+import app.embedding as embedder_module
+from app.embedding.cache import CachedEmbedder
+from app.embedding.backends import (
+    Embedder, EmbedderError, RemoteEmbedder, SentenceTransformerEmbedder, resolve_model_path,
 )
-from app.embedding_cache import EmbeddingCache
-from app.settings import EmbedderSettings
+from app.embedding import make_embedder
+from app.embedding.cache import EmbeddingCache
+from app.config import EmbedderSettings
 
 BASE = "http://emb.test/v1"
 
@@ -305,7 +301,7 @@ def test_make_embedder_picks_backend(monkeypatch, tmp_path):
 
 
 def test_failed_write_leaves_no_shard_or_temp_file(tmp_path, monkeypatch):
-    import app.embedding_cache as cache_module
+    import app.embedding.cache as cache_module
 
     def save_half_then_die(file, array, allow_pickle=False):
         file.write(b"\x93NUMPY partial")

@@ -10,8 +10,8 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from app.embedding_service import AsyncEmbedder, BatchingSettings, EmbedderClosed
-from app.loop_lag import LoopLagProbe
+from app.embedding.batcher import AsyncEmbedder, BatchingSettings, EmbedderClosed
+from app.observability.loop_lag import LoopLagProbe
 
 pytestmark = pytest.mark.anyio
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from bank_builder import baselines as B
-from bank_builder import metrics as Mt
-from bank_builder import plots, report
+from bank_builder.evaluate import baselines as B
+from bank_builder.evaluate import scores as Mt
+from bank_builder.evaluate import plots, report
 
 T, F = True, False
 

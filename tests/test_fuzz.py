@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, given, note, settings as hsettings, strategi
 from schemathesis import GenerationMode
 from schemathesis.python import asgi as schemathesis_asgi
 
-from app.main import create_app
-from app.settings import Settings
+from app.http.app import create_app
+from app.config import Settings
 from gateway_helpers import (  # noqa: F401  (fixtures)
     UPSTREAM_URL, FakeUpstreams, bank_models, make_settings, running_gateway,
 )

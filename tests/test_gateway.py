@@ -16,10 +16,10 @@ import json
 import numpy as np
 import pytest
 
-from app.aggregation import AGGREGATION_INSTRUCTIONS
-from app.bank import FORMAT_VERSION, BankFiles, EmbedderInfo, Manifest, QueryInfo
-from app.settings import JiSiSettings
-from bank_builder import bank_writer
+from app.pipeline.aggregate import AGGREGATION_INSTRUCTIONS
+from app.bank.format import FORMAT_VERSION, BankFiles, EmbedderInfo, Manifest, QueryInfo
+from app.config import JiSiSettings
+from app.bank import writer as bank_writer
 from gateway_helpers import (  # noqa: F401  (fixtures)
     Behaviour, FakeUpstreams, anyio_backend, bank_models, chat_body, expected_cost, fake, make_settings,
     running_gateway, settings, summed_usage,

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from app.bank import Bank
-from app.main import ConfigError, create_app, validate
-from app.settings import AuthSettings, UpstreamSettings
+from app.bank.reader import Bank
+from app.http.app import ConfigError, create_app, validate
+from app.config import AuthSettings, UpstreamSettings
 from gateway_helpers import (  # noqa: F401  (fixtures)
     Behaviour, anyio_backend, bank_models, chat_body, fake, make_settings, running_gateway, settings,
 )
@@ -347,7 +347,7 @@ async def test_app_refuses_to_start_with_an_invalid_configuration(mini_bank, ban
     with pytest.raises(ConfigError, match=bank_models[-1]):
         async with app.router.lifespan_context(app):
             pass
-    assert app.state.gateway is None
+    assert app.state.jisi.gateway is None
 
 
 async def test_unserved_models_allowed_are_never_routed_to(mini_bank, bank_models, tmp_path, minilm, fake):

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.resilience import ResilienceSettings
+from app.config import ResilienceSettings
 from fault_server import Fault, FaultServer
 from gateway_helpers import anyio_backend, bank_models, chat_body, stream_chat  # noqa: F401  (fixtures)
 from test_resilience_faults import assert_openai_error, fault_settings, gateway, route

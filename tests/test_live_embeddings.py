@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from app.live_embeddings import COALESCE_S, LiveEmbeddings
+from app.pipeline.fanout import COALESCE_S, LiveEmbeddings
 
 pytestmark = pytest.mark.anyio
 

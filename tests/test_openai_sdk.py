@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.main import create_app
+from app.http.app import create_app
 from gateway_helpers import bank_models, is_aggregation, make_settings  # noqa: F401  (fixture)
 
 QUESTION = "Tom reads 20 pages a day. How many pages does he read in a week?"
@@ -126,7 +126,7 @@ def gateway_url(mini_bank, bank_models, minilm, tmp_path_factory, upstream_calls
             upstreams.append(u.model_copy(update=update))
         app = create_app(settings.model_copy(update={"upstreams": upstreams}), embedder=minilm)
         with serve(app) as (url, _):
-            app.state.gateway.keepalive_s = 0.05
+            app.state.jisi.gateway.keepalive_s = 0.05
             yield url
 
 

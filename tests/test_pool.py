@@ -12,7 +12,7 @@ import openai
 import pytest
 import yaml
 
-from bank_builder.pool import (
+from localpool.servers import (
     PoolError,
     ServerInfo,
     kill_server,
@@ -168,7 +168,7 @@ def test_real_pool_answers_survives_a_killed_server_and_stops(local_pool: dict[s
 
 
 def test_servers_do_not_inherit_variables_that_llama_cpp_reads_as_settings(monkeypatch) -> None:
-    from bank_builder.pool import _server_env
+    from localpool.servers import _server_env
 
     monkeypatch.setenv("PORT", "8765")  # e.g. `PORT=8765 bash scripts/demo.sh`: meant for the gateway
     monkeypatch.setenv("n_ctx", "16")

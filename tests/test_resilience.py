@@ -8,10 +8,10 @@ from email.utils import formatdate
 
 import pytest
 
-from app.resilience import (
-    CircuitBreaker, ConcurrencyLimit, QueueFull, ResilienceSettings, RetryPolicy, gather_quorum, parse_retry_after,
-    retryable_status,
+from app.upstream.resilience import (
+    CircuitBreaker, ConcurrencyLimit, QueueFull, RetryPolicy, gather_quorum, parse_retry_after, retryable_status,
 )
+from app.config import ResilienceSettings
 
 
 class FakeClock:

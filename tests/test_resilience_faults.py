@@ -15,9 +15,9 @@ from typing import Any, AsyncIterator
 import httpx
 import pytest
 
-from app.main import create_app
-from app.resilience import ResilienceSettings
-from app.settings import EmbedderSettings, Settings, UpstreamSettings
+from app.http.app import create_app
+from app.config import ResilienceSettings
+from app.config import EmbedderSettings, Settings, UpstreamSettings
 from fault_server import Fault, FaultServer
 from gateway_helpers import anyio_backend, bank_models, chat_body, stream_chat  # noqa: F401  (fixtures)
 

@@ -7,8 +7,8 @@ import logging
 import httpx
 import pytest
 
-from app.main import ConfigError, validate
-from app.bank import Bank
+from app.http.app import ConfigError, validate
+from app.bank.reader import Bank
 from gateway_helpers import (  # noqa: F401  (fixtures)
     FakeUpstreams, anyio_backend, bank_models, chat_body, fake, host_of, make_settings, running_gateway,
 )

@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 import httpx
 import pytest
 
-from app.upstream_transport import AiohttpTransport, upstream_client
+from app.upstream.transport import AiohttpTransport, upstream_client
 from gateway_helpers import anyio_backend  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.anyio

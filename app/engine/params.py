@@ -1,54 +1,46 @@
-"""Hyperparameters of the method (paper §4.1 defaults), as a plain immutable value.
+"""Hyperparameters of the method (paper §4.1 defaults), declared once, as a plain immutable value.
 
-The engine takes this object and nothing else from the outside world; app.settings builds it
-from the YAML file and environment, and per-request overrides replace single fields.
+Each field carries its bounds and whether a request may override it. app.config derives the settings
+model (YAML file and environment) and app.protocol the per-request `jisi` overrides from these
+declarations, and the evaluator's `--param NAME=VALUE` is parsed by `parse_param`, so no copy can
+disagree with another. The engine takes this object and nothing else from the outside world.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 Mode = Literal["adaptive", "route", "aggregate"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+
+def _param(default: Any, *, ge: float | None = None, le: float | None = None, request: bool = False,
+           doc: str = "") -> Any:
+    return field(default=default, metadata={"ge": ge, "le": le, "request": request, "doc": doc})
 
 
 @dataclass(frozen=True)
 class JiSiParams:
-    k: int = 3  # K: candidates fanned out to, and the most aggregatees
-    n_base: int = 50  # N^base: the rank whose similarity sets the support threshold
-    gamma: float = 0.95  # γ: tau = γ · (N^base-th largest similarity)
-    beta: float = 0.5  # β: the filter keeps floor(β · |I|) support queries
-    eps: float = 0.5  # ε: weight of query similarity in s^flt
-    sigma: float = 0.3  # σ: weight of response similarity in s^flt
-    delta: float = 0.2  # δ: weight of completion-length similarity in s^flt
-    t: float = 0.8  # t: switch threshold on g^f_j / max g^f
-    max_support: int = 512  # cap on |I|; the paper's rule alone can admit the whole bank
-    max_aggregate_tokens: int = 13_000  # aggregatee responses above this total are truncated ...
-    min_aggregatees: int = 2  # ... down to this many (paper: 3 -> 2 above 13,000 tokens)
+    k: int = _param(3, ge=1, le=16, request=True, doc="K: candidates fanned out to, and the most aggregatees")
+    n_base: int = _param(50, ge=1, request=True, doc="N^base: the rank whose similarity sets the support threshold")
+    gamma: float = _param(0.95, ge=0, le=1, request=True, doc="γ: tau = γ · (N^base-th largest similarity)")
+    beta: float = _param(0.5, ge=0, le=1, request=True, doc="β: the filter keeps floor(β · |I|) support queries")
+    eps: float = _param(0.5, ge=0, le=1, request=True, doc="ε: weight of query similarity in s^flt")
+    sigma: float = _param(0.3, ge=0, le=1, request=True, doc="σ: weight of response similarity in s^flt")
+    delta: float = _param(0.2, ge=0, le=1, request=True, doc="δ: weight of completion-length similarity in s^flt")
+    t: float = _param(0.8, ge=0, le=1, request=True, doc="t: switch threshold on g^f_j / max g^f")
+    max_support: int = _param(512, ge=1, doc="cap on |I|; the paper's rule alone can admit the whole bank")
+    max_aggregate_tokens: int = _param(13_000, ge=0, doc="aggregatee responses above this total are truncated ...")
+    min_aggregatees: int = _param(2, ge=1, doc="... down to this many (paper: 3 -> 2 above 13,000 tokens)")
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("k", "n_base", "max_support", "max_aggregate_tokens", "min_aggregatees"):
-            if not isinstance(getattr(self, name), (int, np.integer)) or isinstance(getattr(self, name), bool):
-                problems.append(f"{name} must be an integer, got {getattr(self, name)!r}")
-        if problems:
-            raise ValueError("invalid JiSi parameters: " + "; ".join(problems))
-        if self.k < 1:
-            problems.append("k must be >= 1")
-        if self.n_base < 1:
-            problems.append("n_base must be >= 1")
-        if self.max_support < 1:
-            problems.append("max_support must be >= 1")
-        for name in ("gamma", "beta", "eps", "sigma", "delta", "t"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                problems.append(f"{name} must be in [0, 1], got {value}")
-        if self.min_aggregatees < 1:
-            problems.append("min_aggregatees must be >= 1")
-        if self.max_aggregate_tokens < 0:
-            problems.append("max_aggregate_tokens must be >= 0")
+        problems = [f"{s.name} must be an integer, got {getattr(self, s.name)!r}" for s in param_specs()
+                    if s.type is int and not _is_int(getattr(self, s.name))]
+        if not problems:
+            problems = [p for s in param_specs() if (p := s.problem(getattr(self, s.name)))]
         if problems:
             raise ValueError("invalid JiSi parameters: " + "; ".join(problems))
 
@@ -58,3 +50,50 @@ class JiSiParams:
         if unknown:
             raise ValueError(f"unknown JiSi parameter(s): {', '.join(sorted(unknown))}")
         return replace(self, **overrides)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One hyperparameter as declared on JiSiParams: what the settings and the request schema are built from."""
+
+    name: str
+    type: type
+    default: Any
+    ge: float | None
+    le: float | None
+    request: bool  # a request may override it in its `jisi` field
+    doc: str
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is out of bounds (NaN included), or None."""
+        low = -np.inf if self.ge is None else self.ge
+        high = np.inf if self.le is None else self.le
+        if low <= value <= high:
+            return None
+        if self.le is None:
+            return f"{self.name} must be >= {self.ge:g}"
+        return f"{self.name} must be in [{self.ge:g}, {self.le:g}], got {value}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def param_specs() -> tuple[ParamSpec, ...]:
+    return _SPECS
+
+
+_SPECS = tuple(ParamSpec(f.name, {"int": int, "float": float}[f.type] if isinstance(f.type, str) else f.type,
+                         f.default, f.metadata["ge"], f.metadata["le"], f.metadata["request"], f.metadata["doc"])
+               for f in fields(JiSiParams))
+
+
+def parse_param(name: str, text: str) -> Any:
+    """A `NAME=VALUE` command-line override's value, typed as the parameter (unknown names: ValueError)."""
+    spec = next((s for s in _SPECS if s.name == name), None)
+    if spec is None:
+        raise ValueError(f"unknown JiSi parameter {name!r} (known: {', '.join(s.name for s in _SPECS)})")
+    try:
+        return spec.type(text)
+    except ValueError:
+        raise ValueError(f"--param {name}: expected {spec.type.__name__}, got {text!r}") from None

@@ -1,0 +1,31 @@
+"""Text embedders f1 (paper Eq. 1): the backends (backends.py), the on-disk cache (cache.py) and the
+request path's micro-batcher (batcher.py); `make_embedder` builds the one the settings describe."""
+
+from __future__ import annotations
+
+from app.config import EmbedderSettings
+from app.embedding.backends import Embedder, EmbedderError, RemoteEmbedder, SentenceTransformerEmbedder
+from app.embedding.cache import CachedEmbedder
+
+__all__ = ["Embedder", "EmbedderError", "make_embedder"]
+
+
+def make_embedder(settings: EmbedderSettings, *, use_cache: bool = True) -> Embedder:
+    """The configured backend, behind the embedding cache unless use_cache=False or cache_dir is None."""
+    inner: Embedder
+    if settings.backend == "local":
+        if settings.threads is not None:
+            import torch  # process-wide: the model is the process's only torch user
+
+            torch.set_num_threads(settings.threads)
+        inner = SentenceTransformerEmbedder(settings.model, device=settings.device, batch_size=settings.batch_size,
+                                            max_seq_length=settings.max_seq_length, normalize=settings.normalize)
+    else:
+        if not settings.base_url:
+            raise EmbedderError("embedder.backend is 'remote' but embedder.base_url is not set")
+        inner = RemoteEmbedder(settings.base_url, settings.model, api_key_env=settings.api_key_env,
+                               batch_size=settings.batch_size, timeout_s=settings.timeout_s,
+                               normalize=settings.normalize)
+    if use_cache and settings.cache_dir is not None:
+        return CachedEmbedder(inner, settings.cache_dir)
+    return inner

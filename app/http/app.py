@@ -1,0 +1,144 @@
+"""App factory, lifespan (settings, bank, embedder and the HTTP client loaded once) and `jisi-gateway`:
+the one place where the layers below are wired together."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import sys
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import httpx
+from fastapi import FastAPI
+
+from app.bank.reader import Bank
+from app.config import Settings
+from app.embedding import Embedder, make_embedder
+from app.embedding.batcher import AsyncEmbedder
+from app.http.errors import install_error_handlers
+from app.http.middleware import BodySizeLimit, RequestContext
+from app.http.routes import AppState, openapi_without_422, router
+from app.observability.logs import configure_logging
+from app.observability.loop_lag import LoopLagProbe
+from app.observability.metrics import Metrics
+from app.pipeline.prepare import Pipeline
+from app.serving.gateway import Gateway
+from app.upstream.pool import UpstreamPool
+from app.upstream.transport import upstream_client
+
+log = logging.getLogger("jisi.gateway")
+
+
+class ConfigError(RuntimeError):
+    """The settings do not fit together; the message lists every problem at once."""
+
+
+def validate(settings: Settings, bank: Bank) -> None:
+    problems = []
+    configured = {u.name for u in settings.upstreams}
+    unknown = sorted(configured - set(bank.models))
+    if unknown:
+        problems.append(f"upstream(s) not in the bank at {settings.bank_path}: {', '.join(unknown)} "
+                        f"(the bank knows: {', '.join(bank.models)})")
+    unserved = [m for m in bank.models if m not in configured]
+    if unserved and not settings.allow_unserved_models:
+        problems.append(f"bank model(s) with no upstream: {', '.join(unserved)} (configure them, or set "
+                        "allow_unserved_models: true to leave them out of routing)")
+    for u in settings.upstreams:
+        if u.api_key_env and not os.environ.get(u.api_key_env):
+            problems.append(f"upstream {u.name}: environment variable {u.api_key_env} (its API key) is not set")
+    if settings.auth.api_keys_env and not settings.auth.keys():  # set but only commas/blanks would mean no auth
+        problems.append(f"auth: environment variable {settings.auth.api_keys_env} (the gateway's keys) is not set")
+    if not settings.upstreams:
+        problems.append("no upstreams configured")
+    if problems:
+        raise ConfigError("invalid gateway configuration:\n  - " + "\n  - ".join(problems))
+
+
+def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None,
+               transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The ASGI app. Tests inject an embedder or an httpx transport; production loads both from settings."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # no disk cache on the request path: user text is not persisted, and live texts rarely repeat
+        model = embedder or make_embedder(settings.embedder, use_cache=False)
+        bank = Bank.load(settings.bank_path, embedder_name=model.name, dim=model.dim,
+                         index_settings=settings.bank_index)
+        validate(settings, bank)
+        async_embedder = AsyncEmbedder(model, batching=settings.embedding_batching)
+        limits = httpx.Limits(max_connections=sum(u.max_concurrency for u in settings.upstreams) + 16,
+                              max_keepalive_connections=64)
+        async with upstream_client(limits, transport) as client:
+            pool = UpstreamPool(settings.upstreams, client, settings.resilience)
+            state.metrics.watch_pool(pool)
+            state.metrics.watch_embedder(async_embedder)
+            probe = LoopLagProbe(interval_s=0.025, observe=state.metrics.loop_lag_seconds.observe, keep=1)
+            probe.start()
+            pipeline = Pipeline(bank, async_embedder, pool, settings.jisi.params(),
+                                embed_system_prompt=settings.embed_system_prompt)
+            state.api_keys = settings.auth.keys()
+            state.gateway = Gateway(pipeline, pool, state.metrics, max_messages=settings.max_messages,
+                                    max_requested_tokens=settings.max_requested_tokens)
+            # The model, the libraries and the bank leave ~500k long-lived objects, and a full collection
+            # scanned them all: a ~200 ms stall of the event loop every so often under load (the p99).
+            # Frozen objects are never scanned again; what requests allocate is collected as before.
+            gc.collect()
+            gc.freeze()
+            log.info("ready: bank %s (%d queries, %d models), embedder %s", settings.bank_path,
+                     bank.n_queries, len(bank.models), model.name)
+            try:
+                yield
+            finally:
+                state.gateway = None
+                await probe.stop()
+                async_embedder.close()
+
+    app = FastAPI(title="JiSi Gateway", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible gateway that routes and aggregates LLMs with JiSi")
+    state = app.state.jisi = AppState(metrics=Metrics())
+    install_error_handlers(app)
+    app.include_router(router)
+    openapi_without_422(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    state.metrics.known_paths = {path for route in (*app.routes, *router.routes)
+                                 if isinstance(path := getattr(route, "path", None), str)}
+    # outermost: every response, even a 413, carries the request id and is counted
+    app.add_middleware(RequestContext, observe=state.metrics.observe_http)
+    return app
+
+
+def run(argv: list[str] | None = None) -> None:
+    """`jisi-gateway --host H --port P`."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="jisi-gateway", description="Serve the JiSi gateway")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", choices=["json", "text"], default="json",
+                        help="json: one object per line with the request id (default); text: for a terminal")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic's message names every bad field
+        sys.exit(f"jisi-gateway: invalid settings: {exc}")
+    # log_config=None keeps our handler; our middleware writes the access log (with the request id)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+                log_config=None, access_log=False)
+
+
+def app_from_env() -> FastAPI:
+    """For `uvicorn app.http.app:app`-style launches (the module attribute is built lazily)."""
+    return create_app()
+
+
+def __getattr__(name: str) -> FastAPI:
+    if name == "app":
+        return app_from_env()
+    raise AttributeError(name)

@@ -1,0 +1,284 @@
+"""One JiSi request up to its answer: embed -> support -> fan-out -> mix -> switch, one method per step.
+
+Data flows one way: the request becomes engine inputs, the engine's decisions become upstream calls
+(fanout.py), and the calls become either the answer or an aggregation to run (aggregate.py), with a trace
+(trace.py) of every decision, call, cost and phase time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app import engine
+from app.bank.reader import Bank
+from app.embedding.batcher import AsyncEmbedder
+from app.engine import JiSiParams, LiveResponses, Mode
+from app.errors import ErrorKind, GatewayError, bad_request
+from app.pipeline.aggregate import Aggregation, aggregation_messages, choose_aggregator
+from app.pipeline.budget import Budget
+from app.pipeline.fanout import LiveEmbeddings, call_all, response_text
+from app.pipeline.trace import Trace, named_scores
+from app.protocol import ChatCompletionRequest
+from app.upstream.call import CallResult, UpstreamError, estimate_tokens, prompt_text
+from app.upstream.pool import UpstreamPool
+from app.upstream.pricing import upstream_cost_usd
+
+VIRTUAL_MODELS: dict[str, Mode] = {"jisi": "adaptive", "jisi-route": "route", "jisi-aggregate": "aggregate"}
+
+
+@dataclass
+class Prepared:
+    """Decisions taken; what is left is either returning `answer` or running the `aggregation`."""
+
+    trace: Trace
+    answer: CallResult | None = None
+    aggregation: Aggregation | None = None
+
+
+@dataclass
+class _Request:
+    """What one request's steps share: its parameters, mode, upstream body, budget and what was answered."""
+
+    params: JiSiParams
+    mode: Mode
+    body: dict[str, Any]
+    budget: Budget
+    trace: Trace
+    prompt_tokens: int = 0
+    estimate: dict[int, float] = field(default_factory=dict)  # forecast cost per eligible model
+    expected: np.ndarray = field(default_factory=lambda: np.zeros(0))  # forecast completion tokens per model
+    answered: dict[int, CallResult] = field(default_factory=dict)
+    live_r: dict[int, np.ndarray] = field(default_factory=dict)  # r_k = f1(y_k) of each answer
+    failed: set[int] = field(default_factory=set)  # failed or cancelled in this request: never called again
+
+    def routed(self, call: CallResult) -> Prepared:
+        self.trace.answered_with(call)
+        return Prepared(trace=self.trace, answer=call)
+
+
+class Pipeline:
+    def __init__(self, bank: Bank, embedder: AsyncEmbedder, pool: UpstreamPool, params: JiSiParams,
+                 *, embed_system_prompt: bool = False) -> None:
+        self.bank = bank
+        self.embedder = embedder
+        self.pool = pool
+        self.params = params
+        self.embed_system_prompt = embed_system_prompt
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def query_text(self, request: ChatCompletionRequest) -> str:
+        """The text matched against the bank: the last user message (the bank holds bare questions).
+
+        With embed_system_prompt, the system prompt is prepended (useful when it carries the task).
+        """
+        users = [m for m in request.messages if m.role == "user"]
+        text = (users[-1] if users else request.messages[-1]).text()
+        if self.embed_system_prompt:
+            system = "\n".join(m.text() for m in request.messages if m.role in ("system", "developer"))
+            text = f"{system}\n{text}" if system else text
+        if not text.strip():
+            raise bad_request("the last user message has no text to route on", "messages")
+        return text
+
+    def params_for(self, request: ChatCompletionRequest) -> JiSiParams:
+        if request.jisi is None:
+            return self.params
+        try:
+            return self.params.with_overrides(request.jisi.param_overrides())
+        except ValueError as exc:
+            raise bad_request(str(exc), "jisi") from None
+
+    def eligible(self) -> np.ndarray:
+        """Models that can be called now: served, and their circuit not open (the next-best take their place)."""
+        return np.array([m in self.pool and self.pool.available(m) for m in self.bank.models], dtype=bool)
+
+    # -- the request path --------------------------------------------------------------------------
+
+    async def plan(self, request: ChatCompletionRequest, params: JiSiParams,
+                   trace: Trace) -> tuple[engine.Plan, np.ndarray]:
+        """Steps 1-3 (embed, search, support set, coarse scores, candidates), timed into the trace."""
+        t = time.perf_counter()
+        e = (await self.embedder.embed([self.query_text(request)]))[0]
+        t = trace.phase("embed_query", t)
+        sims, ids = self.bank.search(e, params.max_support + 1)
+        t = trace.phase("search", t)
+        eligible = self.eligible()
+        if not eligible.any():
+            raise GatewayError(ErrorKind.UNAVAILABLE, "every upstream is unavailable (circuits open after repeated "
+                               "failures); retry shortly", code="upstreams_unavailable")
+        planned = engine.plan(sims, ids, self.bank.v, self.bank.present, params, eligible)
+        trace.phase("plan", t)
+        return planned, eligible
+
+    async def prepare(self, request: ChatCompletionRequest) -> Prepared:
+        """Every step up to the answer, or up to the aggregation still to run."""
+        req = self._start(request)
+        planned, eligible = await self.plan(request, req.params, req.trace)
+        self._trace_plan(req.trace, planned)
+        self._forecast(req, planned, eligible)
+        candidates = [int(j) for j in planned.candidates]
+        if not req.budget.fits(sum(req.estimate[j] for j in candidates)):
+            return await self._single_model(req, planned, eligible)
+        await self._fan_out(req, candidates)
+        decision = self._decide(req, planned, eligible)
+        final = await self._final_set(req, decision)
+        return self._switch(req, planned, eligible, final)
+
+    # -- the steps ---------------------------------------------------------------------------------
+
+    def _start(self, request: ChatCompletionRequest) -> _Request:
+        mode: Mode = request.jisi.mode if request.jisi and request.jisi.mode else VIRTUAL_MODELS[request.model]
+        trace = Trace(requested_mode=mode, deadline=self.pool.deadline())
+        if mode != "route" and (request.tools or request.response_format):
+            mode = "route"  # an aggregator must not rewrite a tool call or a structured answer
+            trace.notes.append("tools or response_format: forced route mode")
+        return _Request(params=self.params_for(request), mode=mode, body=request.upstream_body(model=""),
+                        budget=Budget(request.jisi.max_cost_usd if request.jisi else None), trace=trace)
+
+    def _trace_plan(self, trace: Trace, planned: engine.Plan) -> None:
+        models, support = self.bank.models, planned.support
+        trace.support = {"size": int(support.ids.size), "capped": support.capped, "tau": round(support.tau, 6)}
+        trace.g = named_scores(models, planned.coarse.g)
+        trace.candidates = [models[j] for j in planned.candidates]
+        trace.aggregator = models[planned.aggregator]
+
+    def _forecast(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> None:
+        """The cost cap's forecast: each callable model's cost on this prompt at its support-set mean length."""
+        req.prompt_tokens = estimate_tokens(prompt_text(req.body))
+        req.expected = self._expected_completion_tokens(planned.support.ids)
+        req.estimate = {int(j): upstream_cost_usd(self.pool.upstreams[self.bank.models[j]], req.prompt_tokens,
+                                                  req.expected[j]) for j in np.flatnonzero(eligible)}
+
+    async def _fan_out(self, req: _Request, candidates: list[int]) -> None:
+        """Step 4: the candidates, concurrently, each answer embedded as it arrives."""
+        trace, t = req.trace, time.perf_counter()
+        live = LiveEmbeddings(self.embedder.embed, expected=len(candidates))
+        try:
+            req.failed |= await call_all(self.pool, self.bank.models, candidates, "candidate", req.body,
+                                         req.answered, req.budget, trace, live)
+            # the fan-out ends when every candidate answered, failed or was cancelled: waiting for one that
+            # never answers is upstream time, not the gateway's; what embedding is left after it is ours
+            t = trace.phase("fanout", t)
+            await live.finish()
+        finally:
+            live.cancel()  # a no-op once finished; stops the embedding if the request itself was cancelled
+        trace.phase("embed_responses", t)
+        if not req.answered:
+            raise self._no_answer(trace)
+        trace.answered = [self.bank.models[j] for j in req.answered]
+        req.live_r = live.r
+
+    def _no_answer(self, trace: Trace) -> GatewayError:
+        if trace.remaining_s() <= 0:
+            return GatewayError(ErrorKind.TIMEOUT, f"no upstream answered within the request deadline of "
+                                f"{self.pool.resilience.request_deadline_s:g}s", code="deadline_exceeded",
+                                details=trace.errors)
+        if trace.errors and all(e.get("overloaded") or e.get("circuit_open") for e in trace.errors):
+            return GatewayError(ErrorKind.UNAVAILABLE, "every candidate upstream is at its concurrency limit with "
+                                "a full queue; retry shortly", code="upstreams_overloaded", details=trace.errors)
+        return GatewayError(ErrorKind.UPSTREAM_FAILED, "every candidate upstream failed: " + "; ".join(
+            f"{e['model']}: {e['message']}" for e in trace.errors), code="upstreams_failed", details=trace.errors)
+
+    def _decide(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> engine.Decision:
+        """Steps 5-8: the mixed score with the live answers, the fine score, the adaptive switch."""
+        t, answered = time.perf_counter(), req.answered
+        live_models = np.fromiter(answered, dtype=np.int64)
+        responses = LiveResponses(
+            models=live_models, r=np.stack([req.live_r[j] for j in live_models]),
+            c=np.array([answered[j].usage.completion_tokens for j in live_models], float))
+        decision = engine.decide(planned, self.bank.view(planned.support.ids, live_models), responses, req.params,
+                                 req.mode, eligible)
+        req.trace.gf = named_scores(self.bank.models, decision.mixed.gf)
+        req.trace.phase("decide", t)
+        return decision
+
+    async def _final_set(self, req: _Request, decision: engine.Decision) -> list[int]:
+        """A^fm with every member answered: models that were not candidates are called now (reusing every
+        candidate's answer), failed ones dropped, then the 13k-token truncation."""
+        trace, models, answered = req.trace, self.bank.models, req.answered
+        final = [int(j) for j in decision.final]
+        missing = [j for j in final if j not in answered and j not in req.failed]
+        affordable = [j for j in missing if req.budget.fits(req.estimate[j])]
+        if len(affordable) < len(missing):
+            trace.degraded.append("cost cap: skipped final-set models not yet called")
+        if affordable and trace.remaining_s() <= 0:
+            affordable = []
+            trace.degraded.append("request deadline: skipped final-set models not yet called")
+        if affordable:
+            t = time.perf_counter()
+            req.failed |= await call_all(self.pool, models, affordable, "final", req.body, answered, req.budget,
+                                         trace)
+            trace.phase("finals", t)
+        lost = [models[j] for j in final if j in req.failed]
+        if lost:  # never called twice in one request: the final set goes on without it
+            trace.degraded.append(f"final set without {', '.join(lost)}: failed in this request")
+        final = [j for j in final if j in answered]
+        if not final:  # every final-set model failed or was unaffordable: the best answered candidate
+            final = [max(answered, key=lambda j: decision.mixed.gf[j])]
+        final = [int(j) for j in engine.truncate_aggregatees(
+            np.asarray(final), {j: answered[j].usage.completion_tokens for j in final}, req.params)]
+        trace.final = [models[j] for j in final]
+        return final
+
+    def _switch(self, req: _Request, planned: engine.Plan, eligible: np.ndarray, final: list[int]) -> Prepared:
+        """Eq. 5: one model answers, or the aggregator is asked to write the answer from the final set's."""
+        trace, models, answered = req.trace, self.bank.models, req.answered
+        best = answered[final[0]]
+        if len(final) == 1:
+            return req.routed(best)
+        usable = eligible & np.array([j not in req.failed and m in self.pool and self.pool.available(m)
+                                      for j, m in enumerate(models)], dtype=bool)
+        aggregator = choose_aggregator(planned.coarse.g, planned.aggregator, usable, models, trace)
+        if aggregator is None:
+            trace.degraded.append("no aggregator left (every model by g failed or is unavailable): routed to the "
+                                  "best response")
+            return req.routed(best)
+        if trace.remaining_s() <= 0:
+            trace.degraded.append("request deadline: aggregation skipped, routed to the best response")
+            return req.routed(best)
+        agg_prompt = req.prompt_tokens + sum(answered[j].usage.completion_tokens for j in final)
+        if not req.budget.fits(upstream_cost_usd(self.pool.upstreams[models[aggregator]], agg_prompt,
+                                                 req.expected[aggregator])):
+            trace.degraded.append("cost cap: aggregation skipped, routed to the best response")
+            return req.routed(best)
+        trace.mode, trace.answered_by = "aggregate", models[aggregator]
+        messages = aggregation_messages(req.body["messages"], [response_text(answered[j]) for j in final])
+        return Prepared(trace=trace, aggregation=Aggregation(models[aggregator], {**req.body, "messages": messages},
+                                                             fallback=best))
+
+    async def _single_model(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> Prepared:
+        """The cap does not allow the fan-out: one call to the best-scored model that fits it."""
+        models, trace, estimate = self.bank.models, req.trace, req.estimate
+        by_g = engine.top_k(planned.coarse.g, len(models), eligible)
+        fitting = [int(j) for j in by_g if req.budget.fits(estimate[int(j)])]
+        if not fitting:
+            cheapest = min(estimate, key=estimate.__getitem__)
+            raise bad_request(
+                f"max_cost_usd {req.budget.cap_usd:g} is below the estimated cost of the cheapest model "
+                f"({models[cheapest]}, about ${estimate[cheapest]:.6f})", "jisi.max_cost_usd", "cost_cap_too_low")
+        j = fitting[0]
+        trace.degraded.append("cost cap: no fan-out, one model answered alone")
+        t = time.perf_counter()
+        try:
+            answer = await self.pool.complete(models[j], req.body, "final", deadline=trace.deadline)
+        except UpstreamError as exc:
+            raise exc.client_error() from None
+        trace.phase("fanout", t)
+        trace.calls.append(answer)
+        trace.final = [models[j]]
+        return req.routed(answer)
+
+    def _expected_completion_tokens(self, support_ids: np.ndarray) -> np.ndarray:
+        """Per model, the mean completion tokens over the support set: the cost cap's forecast."""
+        present = self.bank.present[support_ids]
+        c = self.bank.c[support_ids]
+        counts = present.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(counts > 0, (c * present).sum(axis=0) / counts, 0.0)
+        fallback = float(mean[counts > 0].mean()) if np.any(counts > 0) else 256.0
+        return np.where(counts > 0, mean, fallback)

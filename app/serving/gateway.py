@@ -1,0 +1,183 @@
+"""The gateway's use cases behind the HTTP routes: the model catalogue, chat completions (JiSi or
+pass-through, plain or streamed) with their limits and metrics, and the dry run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from app.errors import ErrorKind, GatewayError, bad_request
+from app.observability.logs import current_access_fields
+from app.observability.metrics import Metrics
+from app.pipeline.prepare import VIRTUAL_MODELS, Pipeline
+from app.pipeline.trace import Trace
+from app.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, RouteRequest
+from app.serving import chat, passthrough
+from app.serving.dry_run import dry_run
+from app.serving.render import DONE, ChunkWriter, completion, completion_id, jisi_headers, sse_error, total_usage
+from app.upstream.call import UpstreamError
+from app.upstream.pool import UpstreamPool
+
+log = logging.getLogger("jisi.gateway")
+
+VIRTUAL_DESCRIPTIONS = {
+    "jisi": "JiSi: query-response mixed routing with the adaptive routing-aggregation switch",
+    "jisi-route": "JiSi router-only: the top-1 model by fine score answers",
+    "jisi-aggregate": "JiSi without the adaptive switch: always aggregate the top-K",
+}
+
+
+class Gateway:
+    def __init__(self, pipeline: Pipeline, pool: UpstreamPool, metrics: Metrics, keepalive_s: float = 2.0, *,
+                 max_messages: int = 512, max_requested_tokens: int = 65_536) -> None:
+        self.pipeline = pipeline
+        self.pool = pool
+        self.metrics = metrics
+        self.keepalive_s = keepalive_s
+        self.max_messages = max_messages
+        self.max_requested_tokens = max_requested_tokens
+
+    # -- catalogue -------------------------------------------------------------------------------
+
+    def models(self) -> ModelList:
+        cards = [ModelCard(id=name, description=text) for name, text in VIRTUAL_DESCRIPTIONS.items()]
+        for u in self.pool.upstreams.values():
+            cards.append(ModelCard(id=u.name, owned_by="upstream", description=f"pass-through to {u.base_url}",
+                                   pricing={"input_usd_per_mtok": u.input_usd_per_mtok,
+                                            "output_usd_per_mtok": u.output_usd_per_mtok}))
+        return ModelList(data=cards)
+
+    def check_request(self, request: ChatCompletionRequest) -> None:
+        """The model exists and the request stays within the configured limits (else 404 / 400)."""
+        if request.model not in VIRTUAL_MODELS and request.model not in self.pool:
+            raise GatewayError(ErrorKind.NOT_FOUND, f"the model {request.model!r} does not exist; GET /v1/models "
+                               "lists the available ones", "model", "model_not_found")
+        if len(request.messages) > self.max_messages:
+            raise bad_request(f"too many messages: {len(request.messages)} (at most {self.max_messages})",
+                              "messages", "too_many_messages")
+        for field in ("max_tokens", "max_completion_tokens"):
+            asked = getattr(request, field)
+            if asked is not None and asked > self.max_requested_tokens:
+                raise bad_request(f"{field} {asked} exceeds the gateway's limit of {self.max_requested_tokens}",
+                                  field, "too_many_tokens")
+
+    # -- chat completions ------------------------------------------------------------------------
+
+    async def chat(self, request: ChatCompletionRequest, request_id: str) -> tuple[ChatCompletion, dict[str, str]]:
+        self.check_request(request)
+        started = time.perf_counter()
+        status = "error"
+        trace: Trace | None = None
+        try:
+            if request.model in VIRTUAL_MODELS:
+                answer, trace = await chat.answer(self.pipeline, request)
+            else:
+                answer, trace = await passthrough.answer(self.pool, request, self.metrics)
+            status = "ok"
+            return completion(answer, trace, completion_id(request_id)), jisi_headers(trace, request_id)
+        finally:
+            self._observe(request.model, trace, status, started)
+
+    async def chat_stream(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[bytes]:
+        """SSE: keep-alives while the candidates run, then the answer, a summary chunk and [DONE].
+
+        Nothing is sent until the stream has its first event (an answer chunk, or a keep-alive once the
+        candidates have run for keepalive_s), so a request that fails before that (a bad parameter, a cost
+        cap below any model, every candidate failing, an upstream 429 or timeout on a pass-through) is a plain
+        HTTP error with its status, which SDKs know how to retry. After the first byte, an error is an event.
+        """
+        self.check_request(request)
+        if request.model in VIRTUAL_MODELS:  # invalid input is a 400 before the stream starts, not an event in it
+            self.pipeline.params_for(request)
+            self.pipeline.query_text(request)
+        stream = self._stream(request, ChunkWriter(completion_id(request_id), request.model))
+        try:
+            first = await anext(stream)  # raises the GatewayError of a request that failed before its first byte
+        except BaseException:
+            await stream.aclose()
+            raise
+        return _prepend(first, stream)
+
+    async def _stream(self, request: ChatCompletionRequest, writer: ChunkWriter) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        progress: dict[str, Any] = {"trace": None}
+        status = "error"
+        sent = False
+        try:
+            async for data in self._events(request, writer, progress):
+                sent = True
+                yield data
+            status = "ok"
+        except Exception as exc:
+            if isinstance(exc, GatewayError):
+                error = exc
+            elif isinstance(exc, UpstreamError):
+                error = exc.client_error()
+            else:  # a bug: still answer properly instead of cutting the connection
+                log.exception("stream failed")
+                error = GatewayError(ErrorKind.INTERNAL, "internal error in the gateway")
+            if not sent:
+                raise error from None
+            yield sse_error(error)
+        finally:
+            self._observe(request.model, progress["trace"], status, started)
+        yield DONE
+
+    async def _events(self, request: ChatCompletionRequest, writer: ChunkWriter,
+                      progress: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The stream's events before [DONE]; `progress["trace"]` is the trace once there is one."""
+        if request.model in VIRTUAL_MODELS:
+            async for data in chat.events(self.pipeline, request, writer, self.keepalive_s, progress):
+                yield data
+        else:
+            progress["trace"] = passthrough.passthrough_trace()
+            async for data in passthrough.events(self.pool, request, writer, progress["trace"]):
+                yield data
+        trace: Trace = progress["trace"]
+        trace.finish()
+        finish_reason = trace.finish_reason or "stop"
+        if request.wants_usage_in_stream:  # OpenAI's shape: usage in a last chunk with no choices
+            yield writer.chunk(finish_reason=finish_reason, model=trace.answered_by)
+            yield writer.chunk(usage=total_usage(trace.calls), jisi=trace.summary(), model=trace.answered_by,
+                               empty=True)
+        else:
+            yield writer.chunk(finish_reason=finish_reason, jisi=trace.summary(), model=trace.answered_by)
+
+    def _observe(self, model: str, trace: Trace | None, status: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.request_seconds.labels(model).observe(elapsed)
+        mode = trace.mode if trace else "none"
+        self.metrics.requests.labels(model, mode, status).inc()
+        access_fields = current_access_fields.get()
+        if access_fields is not None:  # the summary rides on the request's access line (RequestContext)
+            access_fields.update({"model": model, "mode": mode, "outcome": status, **(
+                {"final": trace.final, "cost_usd": trace.cost_usd, "degraded": trace.degraded,
+                 "upstream_errors": trace.errors} if trace else {})})
+        if trace is None:
+            return
+        self.metrics.observe_calls(trace.calls)
+        for error in trace.errors:
+            self.metrics.observe_error(error)
+        for phase, ms in trace.timings_ms.items():
+            self.metrics.phase_seconds.labels(phase).observe(ms / 1000)
+        if model in VIRTUAL_MODELS:
+            self.metrics.switch.labels(trace.mode).inc()
+        if trace.support.get("capped"):
+            self.metrics.support_capped.inc()
+        if trace.degraded:
+            self.metrics.degraded.inc()
+
+    # -- dry run ---------------------------------------------------------------------------------
+
+    async def route(self, request: RouteRequest) -> dict[str, Any]:
+        return await dry_run(self.pipeline, request)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for data in rest:
+            yield data
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]  # the client left: end the upstream call now

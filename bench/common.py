@@ -1,0 +1,131 @@
+"""What the benchmarks share: the small real bank they run on, the gateway started as deployed, servers in
+subprocesses, the questions, and percentiles."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Self, Sequence
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MINI_BENCH = Path(os.environ.get("JISI_SHARED_DATA", REPO.parent / "shared" / "data")) / "mini-bench.tar.gz"
+BANK_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jisi" / "bench-banks"
+QUESTIONS = [  # math and code questions like the bank's
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May. How many in total?",
+    "What is the output of f('hello') where f reverses a string and upper-cases it?",
+    "Find the remainder when 2^100 is divided by 7.",
+    "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts does it take?",
+    "How many positive divisors does 360 have?",
+]
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A server in a subprocess: start, wait until `ready_path` answers 200, stop (terminate, then kill)."""
+
+    def __init__(self, argv: Sequence[str], port: int, ready_path: str = "/healthz", timeout_s: float = 30.0,
+                 env: dict[str, str] | None = None, cwd: Path | None = None, log_path: Path | None = None) -> None:
+        self.argv, self.port, self.ready_path, self.timeout_s = list(argv), port, ready_path, timeout_s
+        self.env, self.cwd, self.log_path = env, cwd, log_path  # log_path: its stdout and stderr, else ours
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab") if self.log_path else None
+        try:
+            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log,
+                                         stderr=subprocess.STDOUT if log else None)
+        finally:
+            if log:
+                log.close()  # the child holds its own descriptor
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path else ""
+                raise RuntimeError(f"{self.argv[:4]} exited with {self.proc.returncode} before it was ready"
+                                   + (f"; its log ends:\n{tail}" if tail else ""))
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.argv[:4]} not ready on port {self.port} after {self.timeout_s:g}s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ensure_bank(path: Path | None, per_dataset: int = 20) -> Path:
+    """A small real bank (mini-bench, `per_dataset` questions per dataset x 8 models), built once and cached."""
+    path = path or BANK_CACHE / f"mini-{per_dataset}"
+    if (path / "manifest.json").is_file():
+        return path
+    from app.embedding import make_embedder
+    from app.engine import JiSiParams
+    from app.config import EmbedderSettings
+    from bank_builder.build import build_bank
+    from bank_builder.records import load_records
+
+    print(f"building the bank at {path} (once) ...", flush=True)
+    embedder = make_embedder(EmbedderSettings())  # the default model, behind the shared embedding cache
+    matrix = load_records([MINI_BENCH], max_queries_per_dataset=per_dataset, seed=42)
+    build_bank(matrix, embedder, path, params=JiSiParams(), split={"part": "all", "seed": 42}, progress=False)
+    embedder.close()
+    return path
+
+
+def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str]], timeout_s: float = 30,
+                  **settings: Any) -> ServerProcess:
+    """The gateway as deployed: `jisi-gateway` (JSON logs at info, into workdir/gateway.log), configured by a
+    YAML file.
+
+    `upstreams` maps bank model name -> (base_url, model id sent upstream); `settings` are top-level keys.
+    """
+    config = {"bank_path": str(bank), "upstreams": [
+        {"name": name, "base_url": url, "model": model, "timeout_s": timeout_s, "max_concurrency": 64}
+        for name, (url, model) in upstreams.items()], **settings}
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    env = {**os.environ, "JISI_CONFIG": str(path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    argv = [sys.executable, "-c", "from app.http.app import run; run()", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "info"]
+    gateway = ServerProcess(argv, port, ready_path="/readyz", timeout_s=300, env=env, cwd=REPO,
+                            log_path=workdir / "gateway.log")
+    gateway.start()
+    return gateway
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] if ordered else float("nan")
