@@ -1,6 +1,6 @@
 # An upstream of the local pool: llama-cpp-python's OpenAI-compatible server with both models on board.
 # docker-compose.yml (profile local-pool) runs it three times: two SmolLM2-135M-Instruct servers and one
-# Gemma-3-270M server, the same commands as `jisi-pool start` (bank_builder/pool.py) outside Docker.
+# Gemma-3-270M server, the same commands as `jisi-pool start` (localpool/servers.py) outside Docker.
 
 # llama-cpp-python has no wheel for Linux on PyPI: it compiles llama.cpp (~10 min) in a build stage.
 FROM python:3.11-slim AS build

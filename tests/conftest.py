@@ -1,4 +1,7 @@
-"""Shared fixtures: the real benchmark data beside the repository, and a small real bank built once."""
+"""Fixtures every kind of test shares: the real benchmark data beside the repository, the packaged MiniLM, a
+small real bank built once, and the anyio backend. Each folder's conftest.py adds its own:
+unit/ (pure pieces), gateway/ (the app over ASGI, fake upstreams), offline/ (records, collect, evaluator),
+e2e/ (the real llama.cpp pool)."""
 
 from __future__ import annotations
 
@@ -52,3 +55,8 @@ def mini_bank(tmp_path_factory: pytest.TempPathFactory, mini_bench: Path, minilm
     out = tmp_path_factory.mktemp("bank") / "mini"
     build_bank(matrix, minilm, out, params=JiSiParams(), split={"part": "all", "seed": 42}, progress=False)
     return out
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

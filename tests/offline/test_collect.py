@@ -21,7 +21,7 @@ from bank_builder.cli import main
 from bank_builder.collect import CollectOptions, Question, collect, load_questions
 from bank_builder.records import RecordError, load_records
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "config" / "demo-questions.jsonl"
 FAST = dict(backoff_s=0.001, max_backoff_s=0.002)
 

@@ -160,11 +160,6 @@ async def test_the_grace_period_grows_with_the_time_the_quorum_took():
     assert results == {"a": "a"} and late == ["b"]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_concurrency_limit_queues_up_to_max_queue_then_refuses():
     limit = ConcurrencyLimit(limit=1, max_queue=1)

@@ -25,7 +25,6 @@ from localpool.servers import kill_server
 from bank_builder.records import load_records
 from tests.conftest import REPO
 
-pytest_plugins = ["tests.pool_fixtures"]
 
 POOL = ["gemma3-270m", "smollm2-concise", "smollm2-stepwise"]
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"

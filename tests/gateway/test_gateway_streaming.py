@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway_helpers import (  # noqa: F401  (fixtures)
-    SSE, Behaviour, anyio_backend, bank_models, chat_body, fake, running_gateway, settings, stream_chat,
-    stream_pieces, summed_usage,
-)
+from gateway_helpers import SSE, Behaviour, chat_body, running_gateway, stream_chat, stream_pieces, summed_usage
 
 pytestmark = pytest.mark.anyio
 

@@ -12,9 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from app.observability.logs import JsonFormatter, configure_logging, current_request_id, stop_logging
-from gateway_helpers import (  # noqa: F401  (fixtures)
-    FakeUpstreams, anyio_backend, bank_models, chat_body, fake, running_gateway, settings,
-)
+from gateway_helpers import FakeUpstreams, chat_body, running_gateway
 
 pytestmark = pytest.mark.anyio
 

@@ -1,6 +1,6 @@
 """The local pool of real llama.cpp upstreams (config/local-pool.yaml), started once per test session.
 
-Use it from a test file with `pytest_plugins = ["tests.pool_fixtures"]`, then ask for `local_pool` (a dict
+The tests in this folder ask for `local_pool` (a dict
 name -> ServerInfo, every server up). Its state lives in var/pool-test (not the CLI's var/pool), so a
 session that crashed leaves PIDs that the next session reuses or replaces instead of port clashes.
 Environment: JISI_POOL_KEEP=1 leaves the pool running after the session (fast reruns);
@@ -18,7 +18,7 @@ import pytest
 
 from localpool.servers import PoolError, ServerInfo, start_pool, stop_pool
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POOL_SPEC = REPO / "config" / "local-pool.yaml"
 POOL_STATE = Path(os.environ.get("JISI_POOL_TEST_STATE", REPO / "var" / "pool-test"))
 POOL_TIMEOUT = float(os.environ.get("JISI_POOL_TIMEOUT", "300"))

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.http.app import create_app
-from gateway_helpers import bank_models, is_aggregation, make_settings  # noqa: F401  (fixture)
+from gateway_helpers import is_aggregation, make_settings
 
 QUESTION = "Tom reads 20 pages a day. How many pages does he read in a week?"
 SLOW_MARK = "[please take your time]"

@@ -18,13 +18,11 @@ import httpx
 import pytest
 
 from app.config import ResilienceSettings
-from fault_server import Fault, FaultServer
-from gateway_helpers import anyio_backend, bank_models, chat_body, stream_chat  # noqa: F401  (fixtures)
-from test_resilience_faults import assert_openai_error, fault_settings, gateway, route
+from fault_server import QUESTION, Fault, FaultServer, assert_openai_error, fault_settings, gateway, route
+from gateway_helpers import chat_body, stream_chat
 
 pytestmark = pytest.mark.anyio
 
-QUESTION = "Janet has 3 apples and buys 5 more at the market. How many apples does she have now?"
 TIMEOUT_S = 5.0  # each upstream's timeout_s: the bound a hung model must not cost the request
 GRACE_S = ResilienceSettings().quorum_grace_s
 OVERHEAD_LIMIT_MS = 100.0
@@ -34,19 +32,6 @@ FINAL_SET_QUESTIONS = [
     "def f(s): return s[::-1]\nassert f('abc') == ??",
     "What is the output of f('hello') where f reverses a string and upper-cases it?",
 ]
-
-
-@pytest.fixture(scope="module")
-def server() -> FaultServer:
-    server = FaultServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def clean(server: FaultServer) -> None:
-    server.reset()
-    server.hits.clear()
 
 
 def default_settings(mini_bank, models, tmp_path, server, **resilience: Any):

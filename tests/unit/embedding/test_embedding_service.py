@@ -16,11 +16,6 @@ from app.observability.loop_lag import LoopLagProbe
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class FakeEmbedder:
     """Row for text "i:j" is [i, j]; records each call's size; sleeps like a model would."""
 

@@ -24,9 +24,8 @@ from localpool.servers import (
     stop_pool,
     write_state,
 )
-pytest_plugins = ["tests.pool_fixtures"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POOL_SPEC = REPO / "config" / "local-pool.yaml"
 ALIASES = ["smollm2-concise", "smollm2-stepwise", "gemma3-270m"]
 

@@ -11,9 +11,7 @@ import pytest
 from app.bank.reader import Bank
 from app.http.app import ConfigError, create_app, validate
 from app.config import AuthSettings, UpstreamSettings
-from gateway_helpers import (  # noqa: F401  (fixtures)
-    Behaviour, anyio_backend, bank_models, chat_body, fake, make_settings, running_gateway, settings,
-)
+from gateway_helpers import Behaviour, chat_body, make_settings, running_gateway
 
 pytestmark = pytest.mark.anyio
 

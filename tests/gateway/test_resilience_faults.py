@@ -9,68 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
 
 import httpx
 import pytest
 
-from app.http.app import create_app
-from app.config import ResilienceSettings
-from app.config import EmbedderSettings, Settings, UpstreamSettings
-from fault_server import Fault, FaultServer
-from gateway_helpers import anyio_backend, bank_models, chat_body, stream_chat  # noqa: F401  (fixtures)
+from fault_server import QUESTION, Fault, FaultServer, assert_openai_error, fault_settings, gateway, route
+from gateway_helpers import chat_body, stream_chat
 
 pytestmark = pytest.mark.anyio
 
-QUESTION = "Janet has 3 apples and buys 5 more at the market. How many apples does she have now?"
-FAST = dict(retries=1, backoff_base_s=0.01, backoff_max_s=0.05, connect_timeout_s=1.0, first_byte_timeout_s=0.5)
-
-
-@pytest.fixture(scope="module")
-def server() -> AsyncIterator[FaultServer]:
-    server = FaultServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def clean(server: FaultServer) -> None:
-    server.reset()
-    server.hits.clear()
-
-
-def fault_settings(mini_bank, models: list[str], tmp_path, server: FaultServer, *, timeout_s: float = 1.0,
-                   **resilience: Any) -> Settings:
-    upstreams = [UpstreamSettings(name=m, base_url=server.base_url, input_usd_per_mtok=1.0,
-                                  output_usd_per_mtok=2.0, timeout_s=timeout_s) for m in models]
-    return Settings(bank_path=mini_bank, upstreams=upstreams, embedder=EmbedderSettings(cache_dir=tmp_path / "c"),
-                    resilience=ResilienceSettings(**{**FAST, **resilience}))
-
-
-@asynccontextmanager
-async def gateway(settings: Settings, embedder) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, embedder=embedder)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as client:
-            yield client
-
-
-async def route(client: httpx.AsyncClient) -> dict[str, Any]:
-    r = await client.post("/v1/jisi/route", json={"messages": [{"role": "user", "content": QUESTION}]})
-    return r.json()
 
 
 async def ask(client: httpx.AsyncClient, model: str = "jisi-aggregate") -> httpx.Response:
     return await client.post("/v1/chat/completions", json=chat_body(model, QUESTION))
-
-
-def assert_openai_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert set(error) >= {"message", "type", "param", "code"} and error["code"] == code
-    return error
 
 
 async def assert_next_request_is_normal(client: httpx.AsyncClient, server: FaultServer) -> None:

@@ -1,4 +1,5 @@
-"""A fake OpenAI-compatible upstream on a real loopback socket, whose faults are set by the test.
+"""A fake OpenAI-compatible upstream on a real loopback socket, whose faults are set by the test, and the
+gateway in front of it (fault_settings, gateway, route, assert_openai_error).
 
 One server answers for every model (the request body's `model` says which); `fail()` sets how a model
 answers its next calls: hang, slow first byte, an HTTP error (optionally with Retry-After), invalid JSON,
@@ -12,15 +13,23 @@ import json
 import socket
 import threading
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal
+
+import httpx
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from app.config import EmbedderSettings, ResilienceSettings, Settings, UpstreamSettings
+from app.http.app import create_app
 from app.pipeline.aggregate import AGGREGATION_INSTRUCTIONS
 
+QUESTION = "Janet has 3 apples and buys 5 more at the market. How many apples does she have now?"
+# quick failures for tests: one retry, short backoff and timeouts
+FAST = dict(retries=1, backoff_base_s=0.01, backoff_max_s=0.05, connect_timeout_s=1.0, first_byte_timeout_s=0.5)
 Kind = Literal["ok", "hang", "slow", "status", "invalid_json", "empty", "cut", "oversized"]
 
 
@@ -165,3 +174,35 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- the gateway in front of it, for the fault tests --------------------------------------------------
+
+
+def fault_settings(mini_bank, models: list[str], tmp_path, server: FaultServer, *, timeout_s: float = 1.0,
+                   **resilience: Any) -> Settings:
+    upstreams = [UpstreamSettings(name=m, base_url=server.base_url, input_usd_per_mtok=1.0,
+                                  output_usd_per_mtok=2.0, timeout_s=timeout_s) for m in models]
+    return Settings(bank_path=mini_bank, upstreams=upstreams, embedder=EmbedderSettings(cache_dir=tmp_path / "c"),
+                    resilience=ResilienceSettings(**{**FAST, **resilience}))
+
+
+@asynccontextmanager
+async def gateway(settings: Settings, embedder) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, embedder=embedder)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=30) as client:
+            yield client
+
+
+async def route(client: httpx.AsyncClient) -> dict[str, Any]:
+    r = await client.post("/v1/jisi/route", json={"messages": [{"role": "user", "content": QUESTION}]})
+    return r.json()
+
+
+def assert_openai_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"} and error["code"] == code
+    return error

@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from app.upstream.transport import AiohttpTransport, upstream_client
-from gateway_helpers import anyio_backend  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.anyio
 

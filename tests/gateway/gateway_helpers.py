@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import httpx
-import pytest
 import respx
 
 from app.pipeline.aggregate import AGGREGATION_INSTRUCTIONS
-from app.bank.format import read_manifest
 from app.http.app import create_app
 from app.config import ResilienceSettings
 from app.config import EmbedderSettings, JiSiSettings, Settings, UpstreamSettings
@@ -283,28 +281,3 @@ def expected_cost(calls: list[dict[str, Any]], models: list[str], price=prices) 
 def summed_usage(calls: list[dict[str, Any]]) -> dict[str, int]:
     keys = ("prompt_tokens", "completion_tokens", "total_tokens")
     return {k: sum(c["usage"][k] for c in calls) for k in keys}
-
-
-# ------------------------------------------------------------------------------------------------
-# fixtures (imported by name into the gateway test modules)
-# ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def bank_models(mini_bank) -> list[str]:
-    return list(read_manifest(mini_bank).models)
-
-
-@pytest.fixture
-def fake(bank_models) -> FakeUpstreams:
-    return FakeUpstreams(list(bank_models))
-
-
-@pytest.fixture
-def settings(mini_bank, bank_models, tmp_path) -> Settings:
-    return make_settings(mini_bank, bank_models, tmp_path / "cache")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"

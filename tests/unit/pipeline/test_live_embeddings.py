@@ -12,11 +12,6 @@ from app.pipeline.fanout import COALESCE_S, LiveEmbeddings
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class RecordingEmbed:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []

@@ -20,9 +20,8 @@ from app.pipeline.aggregate import AGGREGATION_INSTRUCTIONS
 from app.bank.format import FORMAT_VERSION, BankFiles, EmbedderInfo, Manifest, QueryInfo
 from app.config import JiSiSettings
 from app.bank import writer as bank_writer
-from gateway_helpers import (  # noqa: F401  (fixtures)
-    Behaviour, FakeUpstreams, anyio_backend, bank_models, chat_body, expected_cost, fake, make_settings,
-    running_gateway, settings, summed_usage,
+from gateway_helpers import (
+    Behaviour, FakeUpstreams, chat_body, expected_cost, make_settings, running_gateway, summed_usage,
 )
 
 pytestmark = pytest.mark.anyio

@@ -35,9 +35,7 @@ from schemathesis.python import asgi as schemathesis_asgi
 
 from app.http.app import create_app
 from app.config import Settings
-from gateway_helpers import (  # noqa: F401  (fixtures)
-    UPSTREAM_URL, FakeUpstreams, bank_models, make_settings, running_gateway,
-)
+from gateway_helpers import UPSTREAM_URL, FakeUpstreams, make_settings, running_gateway
 
 # ------------------------------------------------------------------------------------------------
 # counting cases, reported in pytest's terminal summary

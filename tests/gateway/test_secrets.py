@@ -9,9 +9,7 @@ import pytest
 
 from app.http.app import ConfigError, validate
 from app.bank.reader import Bank
-from gateway_helpers import (  # noqa: F401  (fixtures)
-    FakeUpstreams, anyio_backend, bank_models, chat_body, fake, host_of, make_settings, running_gateway,
-)
+from gateway_helpers import FakeUpstreams, chat_body, host_of, make_settings, running_gateway
 
 pytestmark = pytest.mark.anyio
 

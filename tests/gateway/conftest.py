@@ -1,0 +1,44 @@
+"""Gateway tests: the app in-process over ASGI on the real mini bank, upstreams faked with respx
+(gateway_helpers.FakeUpstreams) or served over real loopback sockets (fault_server.FaultServer)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from app.bank.format import read_manifest
+from app.config import Settings
+from fault_server import FaultServer
+from gateway_helpers import FakeUpstreams, make_settings
+
+
+@pytest.fixture(scope="session")
+def bank_models(mini_bank) -> list[str]:
+    return list(read_manifest(mini_bank).models)
+
+
+@pytest.fixture
+def fake(bank_models) -> FakeUpstreams:
+    return FakeUpstreams(list(bank_models))
+
+
+@pytest.fixture
+def settings(mini_bank, bank_models, tmp_path) -> Settings:
+    return make_settings(mini_bank, bank_models, tmp_path / "cache")
+
+
+@pytest.fixture(scope="module")
+def fault_upstreams() -> Iterator[FaultServer]:
+    """One real-socket fake upstream per test module (uvicorn in a thread)."""
+    server = FaultServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(fault_upstreams: FaultServer) -> FaultServer:
+    """The module's fault server with no faults set and no calls recorded."""
+    fault_upstreams.reset()
+    fault_upstreams.hits.clear()
+    return fault_upstreams
