@@ -44,14 +44,17 @@ def default_cache_dir() -> Path:
 
 
 class EmbedderSettings(BaseModel):
-    backend: Literal["local", "remote"] = "local"
+    # local: sentence-transformers in process; remote: an OpenAI-compatible /v1/embeddings server; static: a
+    # model2vec model distilled once from `model` (or a model2vec folder), ~250x faster on a CPU
+    backend: Literal["local", "remote", "static"] = "local"
     model: str = DEFAULT_EMBEDDING_MODEL  # a name, a local path, or the remote server's model id
     device: str = "cpu"
     # torch intra-op threads for a local model; None keeps torch's default (one per core). 1 helps when other
     # processes compete for the cores; on an otherwise idle 2-core box the default was faster (benchmarks.md)
     threads: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1)
-    max_seq_length: int | None = Field(256, ge=8)
+    max_seq_length: int | None = Field(256, ge=8)  # tokens embedded per text (static: None embeds every token)
+    truncation: Literal["head", "head_tail"] = "head"  # what of a longer text is kept (local backend)
     normalize: bool = True
     # remote backend: an OpenAI-compatible /v1/embeddings server
     base_url: str | None = None
@@ -75,7 +78,7 @@ class _JiSiSettingsBase(BaseModel):
 
 JiSiSettings = create_model(  # the method's hyperparameters; defaults are the paper's (§4.1)
     "JiSiSettings", __base__=_JiSiSettingsBase,
-    **{s.name: (s.type, Field(s.default, ge=s.ge, le=s.le, description=s.doc)) for s in param_specs()},
+    **{s.name: (s.annotation, Field(s.default, ge=s.ge, le=s.le, description=s.doc)) for s in param_specs()},
 )
 
 
@@ -151,7 +154,9 @@ class Settings(BaseSettings):
 
     bank_path: Path = Path("banks/default")
     bank_index: BankIndexSettings = BankIndexSettings()  # search-time index parameters (nprobe, threads)
-    embedder: EmbedderSettings = EmbedderSettings()
+    embedder: EmbedderSettings = EmbedderSettings()  # queries (s), and responses unless response_embedder is set
+    # responses (s_res: live answers against the bank's); must be the embedder the bank's responses were built with
+    response_embedder: EmbedderSettings | None = None
     embedding_batching: BatchingSettings = BatchingSettings()
     jisi: JiSiSettings = JiSiSettings()  # type: ignore[valid-type]
     upstreams: list[UpstreamSettings] = []

@@ -97,16 +97,18 @@ class _JiSiOverridesBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=STRICT)
 
     def param_overrides(self) -> dict[str, Any]:
-        """The hyperparameters this request sets (JiSiParams field -> value)."""
+        """The hyperparameters this request sets (JiSiParams field -> value; an explicit null turns an optional
+        one, such as the shortcut, off)."""
         return {s.name: getattr(self, s.name) for s in param_specs()
-                if s.request and getattr(self, s.name) is not None}
+                if s.request and (s.name in self.model_fields_set if s.optional else getattr(self, s.name) is not None)}
 
 
 # the hyperparameters a request may set are derived from JiSiParams (app/engine/params.py): same names,
 # same bounds as the settings; plus the request's own mode and cost cap
 JiSiOverrides = create_model(
     "JiSiOverrides", __base__=_JiSiOverridesBase,
-    **{s.name: (s.type | None, Field(None, ge=s.ge, le=s.le, description=s.doc)) for s in param_specs() if s.request},
+    **{s.name: (s.type | None, Field(None, ge=s.ge, le=s.le, description=s.doc)) for s in param_specs()
+       if s.request},
     mode=(Mode | None, None),
     max_cost_usd=(float | None, Field(None, gt=0, description="a cost cap: aggregate -> route -> one model "
                                                               "before it would overspend")),

@@ -63,18 +63,20 @@ def build_bank(
     params: JiSiParams,
     split: dict[str, Any],
     index: BankIndexSettings | None = None,
+    response_embedder: Embedder | None = None,
     progress: bool = True,
 ) -> Manifest:
     """Embed every query and response of `matrix` and write a bank at `out` (atomic replace).
 
-    `index` chooses the search index (default: auto, exact up to its size threshold, IVF above).
+    Queries are embedded with `embedder`, responses with `response_embedder` (default: the same); the manifest
+    records both. `index` chooses the search index (default: auto, exact up to its size threshold, IVF above).
     """
     out = Path(out)
     if not matrix.queries:
         raise BankError("no records to build a bank from")
     build_id = bank_writer.new_build_id()
     e = embed_unique(embedder, matrix.queries, progress=progress)
-    responses = embed_responses(matrix, embedder, progress=progress)
+    responses = embed_responses(matrix, response_embedder or embedder, progress=progress)
     index = index or BankIndexSettings()
     out.mkdir(parents=True, exist_ok=True)
     queries = [QueryInfo(text=q, dataset=d, index=int(i))
@@ -97,8 +99,8 @@ def build_bank(
         datasets=_dataset_counts(matrix.datasets),
         n_queries=len(matrix.queries),
         n_records=int(matrix.present.sum()),
-        embedder=EmbedderInfo(name=embedder.name, dim=embedder.dim,
-                              max_seq_length=getattr(embedder, "max_seq_length", None)),
+        embedder=EmbedderInfo.of(embedder),
+        response_embedder=_separate(embedder, response_embedder),
         params=asdict(params),
         split=split,
         sources=[SourceInfo(path=p, sha256=h) for p, h in matrix.report.sources.items()],
@@ -109,9 +111,17 @@ def build_bank(
     return manifest
 
 
+def _separate(embedder: Embedder, response_embedder: Embedder | None) -> EmbedderInfo | None:
+    """The manifest's response_embedder: None when the responses share the query embedder."""
+    if response_embedder is None or EmbedderInfo.of(response_embedder) == EmbedderInfo.of(embedder):
+        return None
+    return EmbedderInfo.of(response_embedder)
+
+
 def build_from_records(selection: RecordSelection, embedder_settings: EmbedderSettings, out: str | Path, *,
                        part: str = "all", train_ratio: float = 0.7, params: JiSiParams,
-                       index: BankIndexSettings | None = None) -> Manifest:
+                       index: BankIndexSettings | None = None,
+                       response_settings: EmbedderSettings | None = None) -> Manifest:
     """`jisi-bank build`: load the selected records, keep `part` ("all", or the "train" / "test" part of the
     paper's per-dataset split), embed and write the bank."""
     from app.embedding import make_embedder
@@ -123,10 +133,13 @@ def build_from_records(selection: RecordSelection, embedder_settings: EmbedderSe
     if part != "all":
         train, test = train_test_split(matrix.datasets, matrix.indices, seed=selection.seed, train_ratio=train_ratio)
         matrix = matrix.subset(train if part == "train" else test)
-    return build_bank(matrix, make_embedder(embedder_settings), out, params=params, split=split, index=index)
+    responses = make_embedder(response_settings) if response_settings is not None else None
+    return build_bank(matrix, make_embedder(embedder_settings), out, params=params, split=split, index=index,
+                      response_embedder=responses)
 
 
-def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, *, progress: bool = True) -> Manifest:
+def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, *,
+               response_embedder: Embedder | None = None, progress: bool = True) -> Manifest:
     """Add new models' records to an existing bank without re-embedding anything already in it.
 
     The query embeddings do not change, so the bank keeps its index file (and index type) as it is.
@@ -136,7 +149,9 @@ def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, 
     """
     bank_path = Path(bank_path)
     old = read_manifest(bank_path)
-    bank = Bank.load(bank_path, embedder_name=embedder.name, dim=embedder.dim)
+    responses_by = response_embedder or embedder
+    bank = Bank.load(bank_path, query_embedder=EmbedderInfo.of(embedder),
+                     response_embedder=EmbedderInfo.of(responses_by))
     clash = sorted(set(matrix.models) & set(old.models))
     if clash:
         raise BankError(f"model(s) already in the bank at {bank_path}: {', '.join(clash)}")
@@ -159,7 +174,8 @@ def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, 
     v_new = _place(sub.score, rows, n, 0.0, np.float32)
     c_new = _place(_tokens(sub), rows, n, 0.0, np.float32)
     present_new = _place(sub.present, rows, n, False, bool)
-    new_responses = [_place(r, rows, n, 0.0, np.float32) for r in embed_responses(sub, embedder, progress=progress)]
+    new_responses = [_place(r, rows, n, 0.0, np.float32) for r in embed_responses(sub, responses_by,
+                                                                                    progress=progress)]
 
     build_id = bank_writer.new_build_id()
     offset = len(old.models)

@@ -20,6 +20,7 @@ from app.config import BankIndexSettings, EmbedderSettings, Settings, comma_list
 from app.embedding import EmbedderError
 from app.engine import JiSiParams
 from app.engine.params import parse_param
+from bank_builder.evaluate.stats import N_RESAMPLES
 from bank_builder.records import RecordSelection
 
 log = logging.getLogger("jisi-bank")
@@ -48,28 +49,56 @@ def record_selection(args: argparse.Namespace) -> RecordSelection:
 
 
 def _add_embedder_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("embedder (defaults from settings: $JISI_CONFIG / JISI_EMBEDDER__*)")
-    group.add_argument("--embedding-backend", choices=["local", "remote"])
-    group.add_argument("--embedding-model", help="model name or path (local) or model id (remote)")
+    group = parser.add_argument_group("embedder of the queries, and of the responses unless --response-* are "
+                                      "given (defaults from settings: $JISI_CONFIG / JISI_EMBEDDER__*)")
+    group.add_argument("--embedding-backend", choices=["local", "remote", "static"])
+    group.add_argument("--embedding-model", help="model name or path (local, static) or model id (remote)")
     group.add_argument("--embedding-url", help="base URL of an OpenAI-compatible /v1/embeddings server")
     group.add_argument("--device", help="torch device for the local backend, e.g. cpu or cuda")
     group.add_argument("--batch-size", type=int)
     group.add_argument("--max-seq-length", type=int)
+    group.add_argument("--truncation", choices=["head", "head_tail"], help="what of a longer text is embedded")
     group.add_argument("--cache-dir", type=Path, help="embedding cache folder (outside the repository)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    responses = parser.add_argument_group("embedder of the responses (default: settings' response_embedder, "
+                                          "else the query embedder)")
+    responses.add_argument("--response-backend", choices=["local", "remote", "static"])
+    responses.add_argument("--response-model", help="model name or path, or the remote model id")
+    responses.add_argument("--response-max-seq-length", type=int,
+                           help="the responses' token budget (static: 0 embeds every token)")
+    responses.add_argument("--response-truncation", choices=["head", "head_tail"])
 
 
-def embedder_settings(args: argparse.Namespace) -> EmbedderSettings:
-    overrides = {
-        "backend": args.embedding_backend, "model": args.embedding_model, "base_url": args.embedding_url,
-        "device": args.device, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
-        "cache_dir": args.cache_dir,
-    }
-    base = Settings().embedder
+def _embedder(base: EmbedderSettings, overrides: dict[str, Any], args: argparse.Namespace) -> EmbedderSettings:
     updated = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if args.cache_dir is not None:
+        updated = updated.model_copy(update={"cache_dir": args.cache_dir})
     if args.no_cache:
         updated = updated.model_copy(update={"cache_dir": None})
     return EmbedderSettings.model_validate(updated.model_dump())
+
+
+def embedder_settings(args: argparse.Namespace) -> EmbedderSettings:
+    return _embedder(Settings().embedder, {
+        "backend": args.embedding_backend, "model": args.embedding_model, "base_url": args.embedding_url,
+        "device": args.device, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
+        "truncation": args.truncation}, args)
+
+
+def response_embedder_settings(args: argparse.Namespace) -> EmbedderSettings | None:
+    """The responses' embedder, or None when they share the query embedder."""
+    given = {"backend": args.response_backend, "model": args.response_model,
+             "max_seq_length": args.response_max_seq_length, "truncation": args.response_truncation}
+    base = Settings().response_embedder
+    if base is None and all(v is None for v in given.values()):
+        return None
+    every_token = given["max_seq_length"] == 0 or (given["backend"] == "static" and given["max_seq_length"] is None)
+    if every_token:  # 0, or a static model without a budget: every token (it is cheap there)
+        given["max_seq_length"] = None
+    if given["backend"] == "static" and given["model"] is None:
+        given["model"] = Settings().embedder.model  # distilled from the query embedder's model
+    settings = _embedder(base or embedder_settings(args), given, args)
+    return settings.model_copy(update={"max_seq_length": None}) if every_token else settings
 
 
 def _add_index_options(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +137,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     manifest = build_from_records(record_selection(args), embedder_settings(args), args.out, part=args.split,
                                   train_ratio=args.train_ratio, params=Settings().jisi.params(),
-                                  index=index_settings(args))
+                                  index=index_settings(args), response_settings=response_embedder_settings(args))
     print(f"bank {manifest.build_id} written to {args.out}: {manifest.n_queries} queries, "
           f"{len(manifest.models)} models, {manifest.n_records} records, {manifest.index_type} index "
           f"in {time.perf_counter() - started:.1f}s")
@@ -120,7 +149,9 @@ def cmd_add_model(args: argparse.Namespace) -> None:
 
     matrix = record_selection(args).load(progress=True)
     before = read_manifest(args.bank)
-    manifest = add_models(args.bank, matrix, make_embedder(embedder_settings(args)))
+    responses = response_embedder_settings(args)
+    manifest = add_models(args.bank, matrix, make_embedder(embedder_settings(args)),
+                          response_embedder=make_embedder(responses) if responses is not None else None)
     added = manifest.models[len(before.models):]
     print(f"added {', '.join(added)} to {args.bank}: now {len(manifest.models)} models, "
           f"{manifest.n_records} records (build {manifest.build_id})")
@@ -158,8 +189,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from bank_builder.evaluate.run import EvaluateOptions, evaluate
 
     evaluate(EvaluateOptions(records=record_selection(args), out=args.out, embedder=embedder_settings(args),
-                             params=jisi_params(args.param), train_ratio=args.train_ratio, prices=args.prices,
-                             plots=not args.no_plots))
+                             response_embedder=response_embedder_settings(args), params=jisi_params(args.param),
+                             split=args.split, train_ratio=args.train_ratio, prices=args.prices,
+                             plots=not args.no_plots, resamples=args.resamples))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -250,6 +282,10 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--prices", type=Path, help="prices file (e.g. ../shared/data/prices.json) for null costs")
     ev.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="override a JiSi hyperparameter, e.g. --param k=3 --param t=0.8 (repeatable)")
+    ev.add_argument("--split", choices=["given", "random"], default=None,
+                    help="given: the records' own train/test split; random: the paper's seeded per-dataset "
+                         "split (--train-ratio). Default: given when every dataset has a train and a test split")
+    ev.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples for the intervals")
     ev.add_argument("--no-plots", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -44,7 +44,7 @@ def synthetic_bank(root: Path, n: int, m: int, d: int, rng: np.random.Generator)
     responses = [[f"r{i}-{j}" for j in range(m)] for i in range(n)]
     present = rng.random((n, m)) > 0.02
     matrix = RecordMatrix(
-        models=[f"model-{j}" for j in range(m)], datasets=["synthetic"] * n, indices=np.arange(n),
+        models=[f"model-{j}" for j in range(m)], datasets=["synthetic"] * n, splits=[""] * n, indices=np.arange(n),
         queries=queries, prompts=[None] * n, ground_truth=[None] * n, responses=responses,
         predictions=[[None] * m for _ in range(n)], score=(rng.random((n, m)) > 0.4).astype(np.float32) * present,
         present=present, prompt_tokens=np.full((n, m), 100.0), completion_tokens=rng.integers(10, 2000, (n, m)).astype(float),

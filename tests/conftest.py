@@ -60,3 +60,12 @@ def mini_bank(tmp_path_factory: pytest.TempPathFactory, mini_bench: Path, minilm
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def static_embedder():
+    """The static backend: model2vec distilled from the packaged MiniLM (once per machine, ~1-2 min on two
+    cores, then read from ~/.cache/jisi/static)."""
+    from app.embedding.static import StaticEmbedder
+
+    return StaticEmbedder("all-MiniLM-L6-v2")

@@ -58,9 +58,25 @@ def file_name(kind: str, build_id: str, model: int | None = None) -> str:
 
 
 class EmbedderInfo(BaseModel):
+    """What makes an embedder's vectors comparable with another's: two vectors are only ever compared when
+    these agree (a bank built with one embedder is refused by a gateway configured with another)."""
+
     name: str
     dim: int
     max_seq_length: int | None = None
+    truncation: str = "head"
+    digest: str | None = None  # a static model's weights (distilled locally): equal names, other vectors
+
+    @classmethod
+    def of(cls, embedder: Any) -> "EmbedderInfo":
+        return cls(name=embedder.name, dim=embedder.dim, max_seq_length=getattr(embedder, "max_seq_length", None),
+                   truncation=getattr(embedder, "truncation", "head"), digest=getattr(embedder, "digest", None))
+
+    def differences(self, configured: "EmbedderInfo") -> list[str]:
+        """How `configured` differs from this (the bank's), in words; [] when their vectors are comparable."""
+        fields = ("name", "dim", "max_seq_length", "truncation", "digest")
+        return [f"{f} {getattr(self, f)!r} (configured: {getattr(configured, f)!r})" for f in fields
+                if getattr(self, f) != getattr(configured, f)]
 
 
 class SourceInfo(BaseModel):
@@ -76,12 +92,17 @@ class Manifest(BaseModel):
     datasets: dict[str, int]  # dataset -> number of bank queries
     n_queries: int
     n_records: int  # present (query, model) pairs
-    embedder: EmbedderInfo
+    embedder: EmbedderInfo  # of the queries (e_i), and of the responses unless response_embedder is set
     params: dict[str, Any]  # hyperparameter defaults the bank was built with
     split: dict[str, Any]  # how the bank's rows were chosen (seed, train ratio, part)
     sources: list[SourceInfo]
     files: BankFiles
     index_type: str = "flat_ip"  # a value of INDEX_TYPES (older banks: always flat_ip)
+    response_embedder: EmbedderInfo | None = None  # of the responses (r_ij) when not the query embedder
+
+    @property
+    def responses_embedder(self) -> EmbedderInfo:
+        return self.response_embedder or self.embedder
 
 
 @dataclass(frozen=True)

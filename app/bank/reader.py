@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 
 from app.bank import index as bank_index
-from app.bank.format import BankError, Manifest, QueryInfo, read_manifest
+from app.bank.format import BankError, EmbedderInfo, Manifest, QueryInfo, read_manifest
 from app.config import BankIndexSettings
 from app.engine import SupportView
 
@@ -29,7 +29,7 @@ class Bank:
         self.v = np.asarray(self._array(files.v), dtype=np.float32)  # N x M, small: load fully
         self.c = np.asarray(self._array(files.c), dtype=np.float32)
         self.present = np.asarray(self._array(files.present), dtype=bool)
-        self.r = [self._array(name) for name in files.responses]  # M arrays of N x d
+        self.r = [self._array(name) for name in files.responses]  # M arrays of N x d_r
         self.index = faiss.read_index(str(self.path / files.index))
         self._queries: list[QueryInfo] | None = None
         self._queries_lock = threading.Lock()
@@ -43,9 +43,10 @@ class Bank:
 
     def _check_shapes(self) -> None:
         n, m, d = self.manifest.n_queries, len(self.models), self.manifest.embedder.dim
+        d_r = self.manifest.responses_embedder.dim
         expected = {"query embeddings": (self.e.shape, (n, d)), "v": (self.v.shape, (n, m)),
                     "c": (self.c.shape, (n, m)), "present": (self.present.shape, (n, m))}
-        expected.update({f"responses of {self.models[j]}": (r.shape, (n, d)) for j, r in enumerate(self.r)})
+        expected.update({f"responses of {self.models[j]}": (r.shape, (n, d_r)) for j, r in enumerate(self.r)})
         wrong = [f"{what} {got} (expected {want})" for what, (got, want) in expected.items() if got != want]
         if len(self.r) != m:
             wrong.append(f"{len(self.r)} response files for {m} models")
@@ -59,11 +60,14 @@ class Bank:
 
     @classmethod
     def load(cls, path: str | Path, *, embedder_name: str | None = None, dim: int | None = None,
+             query_embedder: EmbedderInfo | None = None, response_embedder: EmbedderInfo | None = None,
              index_settings: BankIndexSettings | None = None) -> "Bank":
-        """Load a bank; when an embedder is given, refuse a bank built with another model or dimension.
+        """Load a bank; refuse one built with other embedders than the configured ones.
 
-        `index_settings` gives the search-time knobs (nprobe, search_threads); the index kind is the
-        one the bank was built with.
+        `query_embedder` / `response_embedder` are checked against the manifest in full (model, dimension,
+        length budget, truncation, a static model's weights); `embedder_name` / `dim` check the query embedder
+        by name and dimension only. `index_settings` gives the search-time knobs (nprobe, search_threads); the
+        index kind is the one the bank was built with.
         """
         path = Path(path)
         manifest = read_manifest(path)
@@ -78,6 +82,14 @@ class Bank:
                 f"bank at {path} holds {built.dim}-dimensional embeddings but the configured embedder "
                 f"produces {dim}; rebuild the bank with this embedder"
             )
+        for what, bank_side, configured in (("queries", built, query_embedder),
+                                            ("responses", manifest.responses_embedder, response_embedder)):
+            problems = bank_side.differences(configured) if configured is not None else []
+            if problems:
+                setting = "embedder" if what == "queries" else "response_embedder"
+                raise BankError(f"bank at {path} embedded its {what} with another embedder than the configured "
+                                f"`{setting}`: " + "; ".join(problems) + f". Configure `{setting}` as the bank was "
+                                "built, or rebuild the bank with this one")
         return cls(path, manifest, index_settings)
 
     # -- queries ---------------------------------------------------------------------------------
@@ -118,7 +130,7 @@ class Bank:
         sorted_ids = ids[order]
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
-        r = np.zeros((ids.size, len(live_models), self.dim), dtype=np.float32)
+        r = np.zeros((ids.size, len(live_models), self.manifest.responses_embedder.dim), dtype=np.float32)
         for k, j in enumerate(live_models):
             r[:, k] = self.r[j][sorted_ids][inverse]
         return SupportView(v=self.v[ids], present=self.present[ids], c=self.c[ids], r=r)

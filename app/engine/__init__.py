@@ -10,25 +10,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.engine.confidence import leader_probability
 from app.engine.mixed import MixedScores, mixed_routing
 from app.engine.params import JiSiParams, Mode
+from app.engine.prior import bank_accuracy
 from app.engine.ranking import top_k
-from app.engine.support import CoarseScores, SupportSet, coarse_scores, support_set
+from app.engine.support import CoarseScores, SupportSet, coarse_scores, support_set, weights
 from app.engine.switch import Outcome, final_set, truncate_aggregatees
 
 __all__ = [
     "JiSiParams", "Mode", "Outcome", "Plan", "Decision", "SupportView", "LiveResponses",
     "plan", "decide", "top_k", "truncate_aggregatees", "support_set", "coarse_scores",
-    "final_set", "mixed_routing", "SupportSet", "CoarseScores", "MixedScores",
+    "final_set", "mixed_routing", "SupportSet", "CoarseScores", "MixedScores", "bank_accuracy",
 ]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Decisions made before fan-out: support set I, coarse score g, aggregator, candidates C."""
+    """Decisions made before fan-out: support set I, coarse score g, aggregator, candidates C, and whether the
+    coarse leader is sure enough to be called alone (the shortcut)."""
 
     support: SupportSet
     coarse: CoarseScores
+    confidence: float | None = None  # P(the coarse leader stays on top), computed when a shortcut is set
+    shortcut: bool = False  # call only candidates[0]: its confidence cleared params.shortcut
 
     @property
     def candidates(self) -> np.ndarray:
@@ -74,11 +79,22 @@ def plan(
     present: np.ndarray,
     params: JiSiParams,
     eligible: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
+    cost: np.ndarray | None = None,
 ) -> Plan:
-    """Steps 2-3 from a similarity search (`sims`, `ids` descending) over a bank with scores v."""
+    """Steps 2-3 from a similarity search (`sims`, `ids` descending) over a bank with scores v.
+
+    `prior`: each model's bank-wide accuracy μ (used when λ > 0); `cost`: each model's expected cost on this
+    query (used when cost_weight > 0). Neither changes anything at the paper's defaults.
+    """
     support = support_set(sims, ids, params)
-    coarse = coarse_scores(v[support.ids], present[support.ids], support, params, eligible)
-    return Plan(support=support, coarse=coarse)
+    v_sup, present_sup = v[support.ids], present[support.ids]
+    coarse = coarse_scores(v_sup, present_sup, support, params, eligible, prior, cost)
+    if params.shortcut is None:
+        return Plan(support=support, coarse=coarse)
+    confidence = leader_probability(v_sup, present_sup, weights(support.s), int(coarse.candidates[0]),
+                                    params.lam, prior, cost, params.cost_weight, eligible)
+    return Plan(support=support, coarse=coarse, confidence=confidence, shortcut=confidence >= params.shortcut)
 
 
 def decide(
@@ -88,8 +104,12 @@ def decide(
     params: JiSiParams,
     mode: Mode = "adaptive",
     eligible: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
+    cost: np.ndarray | None = None,
 ) -> Decision:
-    """Steps 5-8: mixed score over I, filter, fine score over all M models, adaptive switch."""
+    """Steps 5-8: mixed score over I, filter, fine score over all M models, adaptive switch.
+
+    With from_candidates the final set is chosen among the models that answered (no further call)."""
     live_models = np.asarray(live.models, dtype=np.int64)
     mixed = mixed_routing(
         s=plan_.support.s,
@@ -101,6 +121,11 @@ def decide(
         r_live=live.r,
         c_live=live.c,
         params=params,
+        prior=prior,
     )
-    final, outcome = final_set(mixed.gf, params, mode, eligible)
+    if params.from_candidates:
+        answered = np.zeros(len(mixed.gf), dtype=bool)
+        answered[live_models] = True
+        eligible = answered if eligible is None else np.asarray(eligible, dtype=bool) & answered
+    final, outcome = final_set(mixed.gf, params, mode, eligible, cost)
     return Decision(plan=plan_, live_models=live_models, mixed=mixed, final=final, outcome=outcome)

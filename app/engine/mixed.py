@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.engine.params import JiSiParams
+from app.engine.prior import shrink
 from app.engine.ranking import top_k
 from app.engine.support import masked_weighted_sum
 
@@ -100,8 +101,9 @@ def mixed_routing(
     r_live: np.ndarray,
     c_live: np.ndarray,
     params: JiSiParams,
+    prior: np.ndarray | None = None,
 ) -> MixedScores:
-    """Eq. 3 end to end for the K candidates that answered."""
+    """Eq. 3 end to end for the K candidates that answered (g^f shrunk by λ_f toward `prior`, issue 14)."""
     k = len(r_live)
     if k == 0:
         raise ValueError("mixed routing needs at least one live response")
@@ -109,5 +111,6 @@ def mixed_routing(
     s_cost = cost_similarity(c_sup, c_live, present_sup_answered)
     s_flt = mixed_score(s, s_res, s_cost, k, params)
     kept = filter_support(s_flt, params.beta)
-    gf = fine_scores(v_support, present_support, s_flt, kept)
+    gf = shrink(fine_scores(v_support, present_support, s_flt, kept), np.clip(s_flt[kept], 0.0, None),
+                params.lam_fine, prior)
     return MixedScores(s_res=s_res, s_cost=s_cost, s_flt=s_flt, kept=kept, gf=gf)

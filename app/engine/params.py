@@ -32,13 +32,26 @@ class JiSiParams:
     sigma: float = _param(0.3, ge=0, le=1, request=True, doc="σ: weight of response similarity in s^flt")
     delta: float = _param(0.2, ge=0, le=1, request=True, doc="δ: weight of completion-length similarity in s^flt")
     t: float = _param(0.8, ge=0, le=1, request=True, doc="t: switch threshold on g^f_j / max g^f")
+    # -- beyond the paper (issue 14); each default leaves the paper's method exactly as it is --
+    lam: float = _param(0.0, ge=0, le=10_000, request=True,
+                        doc="λ: prior strength in pseudo-questions: each model's support evidence in g is shrunk "
+                            "toward its accuracy on the whole bank (0: the paper's g)")
+    lam_fine: float = _param(0.0, ge=0, le=10_000, request=True,
+                             doc="λ_f: the same prior in the fine score g^f (0: the paper's g^f)")
+    cost_weight: float = _param(0.0, ge=0, le=1, request=True,
+                                doc="α: candidates and the final choice rank by (1−α)·performance + α·(1−cost), "
+                                    "each normalised over the query's eligible models (0: performance only)")
+    shortcut: float | None = _param(None, ge=0, le=1, request=True,
+                                    doc="call only the coarse leader when the bootstrap probability that it stays "
+                                        "the leader is at least this (None: always fan out to K)")
+    from_candidates: bool = _param(False, request=True,
+                                   doc="choose the final set among the models that answered (no extra call)")
     max_support: int = _param(512, ge=1, doc="cap on |I|; the paper's rule alone can admit the whole bank")
     max_aggregate_tokens: int = _param(13_000, ge=0, doc="aggregatee responses above this total are truncated ...")
     min_aggregatees: int = _param(2, ge=1, doc="... down to this many (paper: 3 -> 2 above 13,000 tokens)")
 
     def __post_init__(self) -> None:
-        problems = [f"{s.name} must be an integer, got {getattr(self, s.name)!r}" for s in param_specs()
-                    if s.type is int and not _is_int(getattr(self, s.name))]
+        problems = [p for s in param_specs() if (p := s.type_problem(getattr(self, s.name)))]
         if not problems:
             problems = [p for s in param_specs() if (p := s.problem(getattr(self, s.name)))]
         if problems:
@@ -57,15 +70,33 @@ class ParamSpec:
     """One hyperparameter as declared on JiSiParams: what the settings and the request schema are built from."""
 
     name: str
-    type: type
+    type: type  # int, float or bool
     default: Any
     ge: float | None
     le: float | None
     request: bool  # a request may override it in its `jisi` field
     doc: str
+    optional: bool = False  # None is a value (e.g. shortcut: None is "off")
+
+    @property
+    def annotation(self) -> Any:
+        return self.type | None if self.optional else self.type
+
+    def type_problem(self, value: Any) -> str | None:
+        if value is None and self.optional:
+            return None
+        if self.type is int and not _is_int(value):
+            return f"{self.name} must be an integer, got {value!r}"
+        if self.type is bool and not isinstance(value, (bool, np.bool_)):
+            return f"{self.name} must be true or false, got {value!r}"
+        if self.type is float and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
+            return f"{self.name} must be a number, got {value!r}"
+        return None
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is out of bounds (NaN included), or None."""
+        if value is None or self.type is bool:
+            return None
         low = -np.inf if self.ge is None else self.ge
         high = np.inf if self.le is None else self.le
         if low <= value <= high:
@@ -83,8 +114,9 @@ def param_specs() -> tuple[ParamSpec, ...]:
     return _SPECS
 
 
-_SPECS = tuple(ParamSpec(f.name, {"int": int, "float": float}[f.type] if isinstance(f.type, str) else f.type,
-                         f.default, f.metadata["ge"], f.metadata["le"], f.metadata["request"], f.metadata["doc"])
+_TYPES = {"int": int, "float": float, "bool": bool}
+_SPECS = tuple(ParamSpec(f.name, _TYPES[str(f.type).split(" |")[0]], f.default, f.metadata["ge"], f.metadata["le"],
+                         f.metadata["request"], f.metadata["doc"], optional=str(f.type).endswith("| None"))
                for f in fields(JiSiParams))
 
 
@@ -93,6 +125,12 @@ def parse_param(name: str, text: str) -> Any:
     spec = next((s for s in _SPECS if s.name == name), None)
     if spec is None:
         raise ValueError(f"unknown JiSi parameter {name!r} (known: {', '.join(s.name for s in _SPECS)})")
+    if spec.optional and text.strip().lower() in ("none", "null", "off", ""):
+        return None
+    if spec.type is bool:
+        if text.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"--param {name}: expected true or false, got {text!r}")
+        return text.strip().lower() in ("true", "1", "yes")
     try:
         return spec.type(text)
     except ValueError:

@@ -1,4 +1,5 @@
-"""Steps 1-3: similarity, support set I, coarse score g, aggregator and candidates (paper §3.3)."""
+"""Steps 1-3: similarity, support set I, coarse score g, aggregator and candidates (paper §3.3), with the
+optional prior (prior.py) and cost-aware ranking (cost.py) of issue 14."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.engine.cost import cost_aware
 from app.engine.params import JiSiParams
+from app.engine.prior import shrink
 from app.engine.ranking import top_k
 
 
@@ -73,9 +76,10 @@ def masked_weighted_sum(v: np.ndarray, present: np.ndarray, w: np.ndarray) -> np
 
 @dataclass(frozen=True)
 class CoarseScores:
-    g: np.ndarray  # g_j = Σ_{i∈I} v_ij · s_i, for all M models
-    aggregator: int  # A_agg = argmax_j g_j
-    candidates: np.ndarray  # C: the top-K models by g
+    g: np.ndarray  # g_j = Σ_{i∈I} v_ij · s_i (+ the prior λ·w̄·μ_j), for all M models
+    aggregator: int  # A_agg = argmax_j g_j among the eligible models
+    candidates: np.ndarray  # C: the top-K models by `rank`
+    rank: np.ndarray  # what C is ranked by: g, or (1−α)·g + α·(1−cost), each normalised (cost_weight α)
 
 
 def coarse_scores(
@@ -84,14 +88,19 @@ def coarse_scores(
     support: SupportSet,
     params: JiSiParams,
     eligible: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
+    cost: np.ndarray | None = None,
 ) -> CoarseScores:
-    """g = v^sup · s^sup; the aggregator is argmax g, the candidates the top-K of g.
+    """g = v^sup · s^sup (+ λ·w̄·μ with a prior μ); the aggregator is argmax g, the candidates the top-K of g,
+    or of the cost-aware score when cost_weight > 0 and each model's expected `cost` on this query is given.
 
     `eligible` (bool per model) leaves out models that cannot be called now (no upstream, circuit
     open), so the next-best model takes their place.
     """
-    g = masked_weighted_sum(v_support, present_support, weights(support.s))
-    candidates = top_k(g, params.k, eligible)
+    w = weights(support.s)
+    g = shrink(masked_weighted_sum(v_support, present_support, w), w, params.lam, prior)
+    rank = cost_aware(g, cost, params.cost_weight, eligible)
+    candidates = top_k(rank, params.k, eligible)
     if candidates.size == 0:
         raise ValueError("no eligible model to route to")
-    return CoarseScores(g=g, aggregator=int(candidates[0]), candidates=candidates)
+    return CoarseScores(g=g, aggregator=int(top_k(g, 1, eligible)[0]), candidates=candidates, rank=rank)

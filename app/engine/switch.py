@@ -6,6 +6,7 @@ from typing import Literal, Mapping
 
 import numpy as np
 
+from app.engine.cost import cost_aware
 from app.engine.params import JiSiParams, Mode
 from app.engine.ranking import top_k
 
@@ -13,7 +14,8 @@ Outcome = Literal["route", "aggregate"]
 
 
 def final_set(
-    gf: np.ndarray, params: JiSiParams, mode: Mode = "adaptive", eligible: np.ndarray | None = None
+    gf: np.ndarray, params: JiSiParams, mode: Mode = "adaptive", eligible: np.ndarray | None = None,
+    cost: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Outcome]:
     """A^fm and what to do with it.
 
@@ -22,8 +24,10 @@ def final_set(
     aggregate (w/o Adaptive Aggregation):   always the top-K of g^f
     One model means route to it; more than one means the aggregator writes the answer.
     When every fine score is 0 (no evidence at all), the ratio is undefined and adaptive routes.
+    With cost_weight α > 0 and the models' expected `cost`, the top-K is ranked by the cost-aware score
+    (cost.py); the threshold t still compares fine scores.
     """
-    ranked = top_k(gf, params.k, eligible)
+    ranked = top_k(cost_aware(gf, cost, params.cost_weight, eligible), params.k, eligible)
     if ranked.size == 0:
         raise ValueError("no eligible model in the final set")
     if mode == "route":
@@ -31,8 +35,10 @@ def final_set(
     elif mode == "aggregate":
         chosen = ranked
     elif mode == "adaptive":
-        best = float(gf[ranked[0]])
-        chosen = ranked[:1] if best <= 0 else ranked[np.asarray(gf)[ranked] / best >= params.t]
+        best = float(np.max(np.asarray(gf)[ranked]))
+        keep = np.asarray(gf)[ranked] / best >= params.t if best > 0 else np.zeros(ranked.size, bool)
+        keep[0] = True  # the top-ranked model is always in
+        chosen = ranked[keep] if best > 0 else ranked[:1]
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return chosen, ("aggregate" if chosen.size > 1 else "route")

@@ -14,6 +14,7 @@ from typing import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
+from app.bank.format import EmbedderInfo
 from app.bank.reader import Bank
 from app.config import Settings
 from app.embedding import Embedder, make_embedder
@@ -59,28 +60,34 @@ def validate(settings: Settings, bank: Bank) -> None:
 
 
 def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None,
+               response_embedder: Embedder | None = None,
                transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """The ASGI app. Tests inject an embedder or an httpx transport; production loads both from settings."""
+    """The ASGI app. Tests inject embedders or an httpx transport; production loads them from settings."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # no disk cache on the request path: user text is not persisted, and live texts rarely repeat
         model = embedder or make_embedder(settings.embedder, use_cache=False)
-        bank = Bank.load(settings.bank_path, embedder_name=model.name, dim=model.dim,
-                         index_settings=settings.bank_index)
+        responses_model = response_embedder or (make_embedder(settings.response_embedder, use_cache=False)
+                                                if settings.response_embedder is not None else model)
+        bank = Bank.load(settings.bank_path, query_embedder=EmbedderInfo.of(model),
+                         response_embedder=EmbedderInfo.of(responses_model), index_settings=settings.bank_index)
         validate(settings, bank)
         async_embedder = AsyncEmbedder(model, batching=settings.embedding_batching)
+        # one micro-batcher per model: the responses' own when they have another embedder
+        async_responses = async_embedder if responses_model is model else \
+            AsyncEmbedder(responses_model, batching=settings.embedding_batching)
         limits = httpx.Limits(max_connections=sum(u.max_concurrency for u in settings.upstreams) + 16,
                               max_keepalive_connections=64)
         async with upstream_client(limits, transport) as client:
             pool = UpstreamPool(settings.upstreams, client, settings.resilience)
             state.metrics.watch_pool(pool)
-            state.metrics.watch_embedder(async_embedder)
+            state.metrics.watch_embedders(async_embedder, async_responses)
             probe = LoopLagProbe(interval_s=0.025, observe=state.metrics.loop_lag_seconds.observe, keep=1)
             probe.start()
             pipeline = Pipeline(bank, async_embedder, pool, settings.jisi.params(),
-                                embed_system_prompt=settings.embed_system_prompt)
+                                embed_system_prompt=settings.embed_system_prompt, response_embedder=async_responses)
             state.api_keys = settings.auth.keys()
             state.gateway = Gateway(pipeline, pool, state.metrics, max_messages=settings.max_messages,
                                     max_requested_tokens=settings.max_requested_tokens)
@@ -89,14 +96,15 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             # Frozen objects are never scanned again; what requests allocate is collected as before.
             gc.collect()
             gc.freeze()
-            log.info("ready: bank %s (%d queries, %d models), embedder %s", settings.bank_path,
-                     bank.n_queries, len(bank.models), model.name)
+            log.info("ready: bank %s (%d queries, %d models), embedders %s / %s", settings.bank_path,
+                     bank.n_queries, len(bank.models), model.name, responses_model.name)
             try:
                 yield
             finally:
                 state.gateway = None
                 await probe.stop()
                 async_embedder.close()
+                async_responses.close()
 
     app = FastAPI(title="JiSi Gateway", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible gateway that routes and aggregates LLMs with JiSi")

@@ -111,7 +111,8 @@ async def readyz(request: Request) -> JSONResponse:
         manifest = loaded.pipeline.bank.manifest
         body |= {"bank": {"build_id": manifest.build_id, "queries": manifest.n_queries,
                           "models": len(manifest.models)},
-                 "embedder": loaded.pipeline.embedder.name}
+                 "embedder": loaded.pipeline.embedder.name,
+                 "response_embedder": loaded.pipeline.response_embedder.name}
     return JSONResponse(body, status_code=200 if loaded else 503)
 
 

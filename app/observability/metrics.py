@@ -45,9 +45,9 @@ class Metrics:
         # unknown paths share one label, so a scanner probing random URLs cannot grow the series without bound
         self.http_responses.labels(path if path in self.known_paths else "other", str(status)).inc()
 
-    def watch_embedder(self, embedder: AsyncEmbedder) -> None:
-        """Report the micro-batcher's model calls, requests and texts (requests per call = batching at work)."""
-        self.registry.register(_EmbedderCollector(embedder))
+    def watch_embedders(self, *embedders: AsyncEmbedder) -> None:
+        """Report the micro-batchers' model calls, requests and texts (requests per call = batching at work)."""
+        self.registry.register(_EmbedderCollector(list(dict.fromkeys(embedders))))
 
     def watch_pool(self, pool: UpstreamPool) -> None:
         """Report each upstream's calls in flight, calls waiting and circuit state at every scrape."""
@@ -90,13 +90,16 @@ class _PoolCollector(Collector):
 
 
 class _EmbedderCollector(Collector):
-    def __init__(self, embedder: AsyncEmbedder) -> None:
-        self.embedder = embedder
+    """Totals over the gateway's embedders (the query embedder's and, when separate, the responses')."""
+
+    def __init__(self, embedders: list[AsyncEmbedder]) -> None:
+        self.embedders = embedders
 
     def collect(self):  # type: ignore[override]
-        e = self.embedder
-        yield CounterMetricFamily("jisi_embedding_model_calls", "Embedding model calls", value=e.calls)
-        yield CounterMetricFamily("jisi_embedding_requests", "Embedding requests served", value=e.batched_requests)
-        yield CounterMetricFamily("jisi_embedding_texts", "Texts embedded", value=e.texts)
+        total = lambda attribute: sum(getattr(e, attribute) for e in self.embedders)  # noqa: E731
+        yield CounterMetricFamily("jisi_embedding_model_calls", "Embedding model calls", value=total("calls"))
+        yield CounterMetricFamily("jisi_embedding_requests", "Embedding requests served",
+                                  value=total("batched_requests"))
+        yield CounterMetricFamily("jisi_embedding_texts", "Texts embedded", value=total("texts"))
         yield CounterMetricFamily("jisi_embedding_model_seconds", "Time spent inside the embedding model",
-                                  value=e.model_seconds)
+                                  value=total("model_seconds"))

@@ -62,9 +62,10 @@ class _Request:
 
 class Pipeline:
     def __init__(self, bank: Bank, embedder: AsyncEmbedder, pool: UpstreamPool, params: JiSiParams,
-                 *, embed_system_prompt: bool = False) -> None:
+                 *, embed_system_prompt: bool = False, response_embedder: AsyncEmbedder | None = None) -> None:
         self.bank = bank
-        self.embedder = embedder
+        self.embedder = embedder  # queries: e = f1(x)
+        self.response_embedder = response_embedder or embedder  # live answers: r_k = f1(y_k)
         self.pool = pool
         self.params = params
         self.embed_system_prompt = embed_system_prompt
@@ -157,7 +158,7 @@ class Pipeline:
     async def _fan_out(self, req: _Request, candidates: list[int]) -> None:
         """Step 4: the candidates, concurrently, each answer embedded as it arrives."""
         trace, t = req.trace, time.perf_counter()
-        live = LiveEmbeddings(self.embedder.embed, expected=len(candidates))
+        live = LiveEmbeddings(self.response_embedder.embed, expected=len(candidates))
         try:
             req.failed |= await call_all(self.pool, self.bank.models, candidates, "candidate", req.body,
                                          req.answered, req.budget, trace, live)

@@ -17,31 +17,49 @@ OTHER = "other"
 
 
 def plot_accuracy_vs_cost(results: Mapping[str, Any], path: str | Path) -> Path:
-    """Scatter of average accuracy (%) against cost per query, one labelled point per method.
+    """Average accuracy (%) against cost per query: one point per method with its 95 % interval as an error
+    bar, the operating points of the methods that have a knob (results["operating_points"]) as lines, and the
+    accuracy-cost Pareto frontier as a dashed step.
 
-    The x axis is logarithmic when the positive costs span more than 10x; a zero-cost method
-    (all calls unpriced) is then drawn at the smallest positive cost and its label says so.
+    The x axis is logarithmic when the positive costs span more than 10x; a zero-cost method (all calls
+    unpriced) is then drawn at the smallest positive cost and its label says so.
     """
     names = list(results["methods"])
     cost = np.array([_f(results["methods"][m]["cost_per_query_usd"]) for m in names])
     acc = np.array([_f(results["methods"][m]["average"]) * 100 for m in names])
+    ci = [results["methods"][m].get("ci95") for m in names]
     positive = cost[np.isfinite(cost) & (cost > 0)]
     log_x = positive.size > 0 and positive.max() / positive.min() > 10
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for name, x, y in zip(names, cost, acc):
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    frontier = results.get("pareto_frontier") or []
+    if frontier:
+        fx = [max(f["cost"], positive.min()) if log_x else f["cost"] for f in frontier]
+        ax.step(fx, [100 * f["accuracy"] for f in frontier], where="post", color="0.6", linestyle="--",
+                linewidth=1, label="Pareto frontier", zorder=1)
+    for method, points in (results.get("operating_points") or {}).items():
+        ax.plot([p["cost"] for p in points], [100 * p["accuracy"] for p in points], marker=".", linewidth=1,
+                color="tab:orange", alpha=0.8, label=f"{method} (sweep)", zorder=2)
+    for name, x, y, interval in zip(names, cost, acc, ci):
         if not (np.isfinite(x) and np.isfinite(y)):
             continue
         label = name
         if log_x and x <= 0:
             x, label = positive.min(), f"{name} (cost 0/unpriced)"
-        ax.scatter([x], [y], s=40, color="tab:red" if name.startswith("jisi") else "tab:blue")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        color = "tab:red" if name.startswith("jisi") else "tab:blue"
+        if interval:
+            ax.errorbar([x], [y], yerr=[[y - 100 * interval[0]], [100 * interval[1] - y]], fmt="o", ms=5,
+                        color=color, ecolor=color, elinewidth=1, capsize=2, zorder=3)
+        else:
+            ax.scatter([x], [y], s=30, color=color, zorder=3)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel("cost per query (USD" + (", log scale)" if log_x else ")"))
-    ax.set_ylabel("average accuracy over datasets (%)")
+    ax.set_ylabel("average accuracy over datasets (%), 95 % interval")
     ax.set_title("Accuracy vs cost")
     ax.grid(True, alpha=0.3)
+    if frontier or results.get("operating_points"):
+        ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
 
 

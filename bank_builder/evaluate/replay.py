@@ -32,14 +32,17 @@ class ReplayResult:
 
 
 def replay(
-    bank: Bank, test: RecordMatrix, embedder: Embedder, params: JiSiParams, *, progress: bool = True
+    bank: Bank, test: RecordMatrix, embedder: Embedder, params: JiSiParams, *,
+    response_embedder: Embedder | None = None, progress: bool = True,
 ) -> ReplayResult:
-    """Run every test query through plan -> (recorded responses) -> decide."""
+    """Run every test query through plan -> (recorded responses) -> decide; the queries embedded with
+    `embedder`, the recorded answers (standing in for the live ones) with `response_embedder` (default: the
+    same), as the gateway would."""
     if list(test.models) != bank.models:
         raise ValueError("test records must have the bank's models, in the bank's order")
     t0 = time.perf_counter()
     e_test = embed_unique(embedder, test.queries, progress=progress)
-    r_test = embed_responses(test, embedder, progress=progress)
+    r_test = embed_responses(test, response_embedder or embedder, progress=progress)
     c_test = np.nan_to_num(test.completion_tokens, nan=0.0)
     t_embed = time.perf_counter() - t0
 

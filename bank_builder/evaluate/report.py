@@ -11,10 +11,13 @@ import numpy as np
 
 # Table 1 order: references first, then routers, then the multi-model methods and JiSi.
 METHOD_ORDER = [
-    "oracle", "best_single", "random", "retrieval", "cluster", "majority_vote",
-    "majority_vote_per_dataset", "jisi_route", "jisi_aggregate", "jisi",
+    "oracle", "best_single", "best_per_dataset", "random", "retrieval", "knn", "cluster", "logistic", "mf",
+    "majority_vote", "majority_vote_per_dataset", "jisi_route", "jisi_route_calibrated", "jisi_shortcut",
+    "jisi_aggregate", "jisi",
 ]
-REQUIRED_METHOD_KEYS = ("average", "datasets", "cost_per_query_usd", "calls_per_query")
+REQUIRED_METHOD_KEYS = ("average", "datasets", "cost_per_query_usd", "calls_per_query", "ci95",
+                        "delta_vs_best_single", "gain_over_random", "gain_over_best_single", "gap_to_oracle",
+                        "pareto_distance", "cost_save")
 REQUIRED_TOP_KEYS = ("methods", "jisi_switch", "support", "config", "timing")
 REQUIRED_SWITCH_KEYS = (
     "aggregate_share", "aggregators", "final_set_sizes", "calls_per_query", "cost_per_query_usd",
@@ -73,16 +76,42 @@ def _num(x: Any, digits: int = 2) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _interval(ci: Any) -> str:
+    return "-" if not ci else f"[{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
+def _delta(d: Mapping[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    return f"{100 * d['mean']:+.2f} {_interval(d['ci95'])} ({100 * d['win_share']:.0f}%)"
+
+
+def _rel(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:+.1f}%"
+
+
 def _rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     datasets = _datasets(results)
-    header = ["method", *datasets, "Avg", "cost/query (USD)", "calls/query"]
+    header = ["method", *datasets, "Avg", "95% CI", "cost/query (USD)", "calls/query"]
     rows = []
     for name in ordered_methods(results):
         m = results["methods"][name]
         rows.append([
-            name, *(_pct(m["datasets"].get(ds)) for ds in datasets), _pct(m["average"]),
+            name, *(_pct(m["datasets"].get(ds)) for ds in datasets), _pct(m["average"]), _interval(m.get("ci95")),
             _usd(m["cost_per_query_usd"]), _num(m["calls_per_query"]),
         ])
+    return header, rows
+
+
+def _metric_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "Δ vs best_single [95% CI] (wins)", "Gain@R", "Gain@B", "Gap@O", "ParetoDist", "CostSave"]
+    rows = []
+    for name in ordered_methods(results):
+        m = results["methods"][name]
+        dist = m.get("pareto_distance")
+        rows.append([name, _delta(m.get("delta_vs_best_single")), _rel(m.get("gain_over_random")),
+                     _rel(m.get("gain_over_best_single")), _rel(m.get("gap_to_oracle")),
+                     "-" if dist is None else f"{100 * dist:.2f}", _rel(m.get("cost_save"))])
     return header, rows
 
 
@@ -103,12 +132,24 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     """results.md: the method table, then the adaptive switch and support-set statistics."""
     header, rows = _rows(results)
     sw, sup = results["jisi_switch"], results["support"]
+    config = results.get("config", {})
+    boot = config.get("bootstrap") or {}
     out = [
         "# JiSi offline evaluation", "",
-        "Accuracy in %; Avg is the mean of the per-dataset accuracies (as Table 1). Costs in USD per",
-        "query, unknown prices counted as 0 (see `unpriced_calls_per_query` in results.json); the",
+        f"Split: {config.get('split', '-')}; {config.get('train_queries', '-')} bank (train) and "
+        f"{config.get('test_queries', '-')} test questions.", "",
+        "Accuracy in %; Avg is the mean of the per-dataset accuracies (as Table 1), with its 95 % bootstrap",
+        f"interval ({boot.get('resamples', '-')} resamples of the test questions, stratified by dataset). Costs in",
+        "USD per query, unknown prices counted as 0 (see `unpriced_calls_per_query` in results.json); the",
         "JiSi aggregator call is an estimate (see bank_builder/evaluate/scores.py).", "",
         *_md_table(header, rows), "",
+        "## Against best single, and LLMRouterBench's metrics", "",
+        "Δ: the paired difference to best_single on the same resampled questions (points), its 95 % interval and",
+        "the share of resamples in which the method is ahead. Gain@R / Gain@B: relative gain over random / best",
+        "single; Gap@O: relative gap to the oracle; ParetoDist: accuracy points below the accuracy-cost frontier",
+        "at no more cost; CostSave: the largest relative saving against best single among the method's operating",
+        "points at least as accurate (formulas: docs/evaluation.md).", "",
+        *_md_table(*_metric_rows(results)), "",
         "## Adaptive switch", "",
         f"- aggregate share: {_pct(sw['aggregate_share'])} %",
         f"- calls/query: {_num(sw['calls_per_query'])}; cost/query: {_usd(sw['cost_per_query_usd'])} USD",
@@ -128,6 +169,9 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         ]
         out += _md_table(["dataset", "aggregate %", "calls/query", "route acc on routed %",
                           "final-set oracle on aggregated %"], ds_rows) + [""]
+    if results.get("not_replayable"):
+        out += ["## Not replayable offline", "",
+                *(f"- {name}: {why}" for name, why in results["not_replayable"].items()), ""]
     out += [
         "## Support set", "",
         f"- mean size: {_num(sup['mean_size'], 1)}; cap: {sup['cap']}; "

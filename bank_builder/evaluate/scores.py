@@ -121,6 +121,7 @@ def jisi_calls(
     answer_calls = []
     for cand, fset in zip(candidates, final_sets):
         cand = np.asarray(cand, dtype=np.int64)
+        cand = cand[cand >= 0]  # -1 pads a query with fewer than K eligible models
         extra = [int(j) for j in np.asarray(fset, dtype=np.int64) if j not in cand]
         answer_calls.append(np.concatenate([cand, np.asarray(extra, dtype=np.int64)]))
     agg = np.array([1.0 if o == "aggregate" else 0.0 for o in outcomes])

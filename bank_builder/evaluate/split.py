@@ -1,7 +1,10 @@
-"""The paper's train/test split (§4.1): per dataset, rows in ascending record index, a NumPy
-shuffle seeded with 42, the first 70 % train (the bank) and the rest test."""
+"""Which records are the bank and which are replayed: the paper's random split (§4.1: per dataset, rows in
+ascending record index, a NumPy shuffle seeded with 42, the first 70 % train, the rest test), or the records'
+own train/test split when they come with one (LLMRouterBench's results/bench/<dataset>/<split>/...)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
@@ -25,3 +28,36 @@ def train_test_split(
         train.append(rows[:n_train])
         test.append(rows[n_train:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+SplitKind = Literal["given", "random"]
+
+
+def given_split(datasets: list[str], splits: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The records' own split: rows of each dataset's `train` split are the bank, its `test` rows are replayed.
+
+    Every dataset must have both (a ValueError names the ones that do not); other splits (dev, ...) are left out.
+    """
+    labels, parts = np.asarray(datasets), np.asarray(splits)
+    missing = {d: sorted(set(parts[labels == d].tolist())) for d in sorted(set(datasets))
+               if not {"train", "test"} <= set(parts[labels == d].tolist())}
+    if missing:
+        raise ValueError("--split given needs a train and a test split for every dataset; "
+                         + "; ".join(f"{d} has only {', '.join(repr(s) for s in found)}" for d, found in missing.items()))
+    return np.flatnonzero(parts == "train"), np.flatnonzero(parts == "test")
+
+
+def has_given_split(datasets: list[str], splits: list[str]) -> bool:
+    """True when every dataset comes with both a train and a test split."""
+    labels, parts = np.asarray(datasets), np.asarray(splits)
+    return all({"train", "test"} <= set(parts[labels == d].tolist()) for d in set(datasets))
+
+
+def choose_split(datasets: list[str], splits: list[str], indices: np.ndarray, kind: SplitKind | None, *,
+                 seed: int = 42, train_ratio: float = 0.7) -> tuple[np.ndarray, np.ndarray, SplitKind]:
+    """(train rows, test rows, the kind used). None: `given` when every dataset has its own train and test
+    split, else `random` (the paper's seeded per-dataset 70/30)."""
+    kind = kind or ("given" if has_given_split(datasets, splits) else "random")
+    if kind == "given":
+        return (*given_split(datasets, splits), kind)
+    return (*train_test_split(datasets, indices, seed=seed, train_ratio=train_ratio), kind)

@@ -14,17 +14,22 @@ from tqdm import tqdm
 
 from bank_builder.records.sources import ImportReport, RecordError, iter_records, source_digest
 
-_ROW_LISTS = ("datasets", "queries", "prompts", "ground_truth")  # per query row
+_ROW_LISTS = ("datasets", "splits", "queries", "prompts", "ground_truth")  # per query row
 _CELL_LISTS = ("responses", "predictions")  # N x M nested lists
 _CELL_ARRAYS = ("score", "present", "prompt_tokens", "completion_tokens", "cost")  # N x M arrays
 
 
 @dataclass
 class RecordMatrix:
-    """Records joined across models by (dataset, index); rows sorted by (dataset, index), models sorted."""
+    """Records joined across models by (dataset, split, index); rows sorted so, models sorted.
+
+    A dataset's splits (LLMRouterBench's results/bench/<dataset>/<split>/...) stay apart: indices restart per
+    split, so (dataset, index) alone would join a train question with a test one. `splits` is "" for records
+    that name none (JSONL without a split)."""
 
     models: list[str]
     datasets: list[str]
+    splits: list[str]
     indices: np.ndarray
     queries: list[str]
     prompts: list[str | None]
@@ -62,14 +67,43 @@ class RecordMatrix:
 # ---------------------------------------------------------------- join
 
 
-def subsample(keys: list[tuple[str, int]], n: int, seed: int) -> list[tuple[str, int]]:
-    """Per dataset, the first n of a seeded permutation of its sorted keys, re-sorted."""
-    kept: list[tuple[str, int]] = []
-    for _ds, group in itertools.groupby(keys, key=lambda k: k[0]):  # keys are sorted, so groups are whole
-        group = list(group)
-        # a fresh generator per dataset: a dataset's subset does not depend on which others were loaded
-        kept += sorted(group[i] for i in np.random.default_rng(seed).permutation(len(group))[:n])
+def subsample(keys: list[tuple], n: int, seed: int) -> list[tuple]:
+    """Per group (the key without its last element: dataset, or dataset and split), the first n of a seeded
+    permutation of its sorted keys, re-sorted."""
+    kept: list[tuple] = []
+    for _group, members in itertools.groupby(keys, key=lambda k: k[:-1]):  # keys are sorted: groups are whole
+        members = list(members)
+        # a fresh generator per group: a dataset's subset does not depend on which others were loaded
+        kept += sorted(members[i] for i in np.random.default_rng(seed).permutation(len(members))[:n])
     return kept
+
+
+def _join_unsplit(rows: dict[tuple[str, str, int], int], heads: list[tuple[str, str | None, str | None]],
+                  cells: dict[str, dict[int, tuple[Any, ...]]], keep_latest: bool, report: ImportReport) -> None:
+    """Records that name no split (JSONL without one) join the dataset's split when it has exactly one: a
+    model's JSONL records extend a results/bench folder. With several named splits they stay apart ("")."""
+    named: dict[str, set[str]] = {}
+    for dataset, split, _ in rows:
+        if split:
+            named.setdefault(dataset, set()).add(split)
+    for key in [k for k in rows if not k[1] and len(named.get(k[0], ())) == 1]:
+        dataset, _, index = key
+        source = rows.pop(key)
+        target_key = (dataset, next(iter(named[dataset])), index)
+        target = rows.setdefault(target_key, source)
+        if target == source:
+            continue
+        report.skipped["query_text_mismatch"] += heads[source][0] != heads[target][0]
+        report.skipped["ground_truth_mismatch"] += heads[source][2] != heads[target][2]
+        for model, column in cells.items():
+            if source not in column:
+                continue
+            if target in column and not keep_latest:
+                raise RecordError(f"duplicate record (dataset={dataset!r}, index={index}, model={model!r}) in "
+                                  f"{column[target][-1]} and {column[source][-1]}; pass keep_latest=True to keep "
+                                  "the later one")
+            report.duplicates_replaced += target in column
+            column[target] = column.pop(source)
 
 
 def load_records(paths: Sequence[str | Path] | str | Path, *, datasets: Sequence[str] | None = None,
@@ -86,8 +120,7 @@ def load_records(paths: Sequence[str | Path] | str | Path, *, datasets: Sequence
               "model": None if models is None else set(models)}
     seen: dict[str, set[str]] = {"dataset": set(), "model": set()}
     report = ImportReport()
-    split_of: dict[str, tuple[str, str]] = {}
-    rows: dict[tuple[str, int], int] = {}
+    rows: dict[tuple[str, str, int], int] = {}
     heads: list[tuple[str, str | None, str | None]] = []  # per row: query, prompt, ground truth
     # per model: row -> (response, prediction, score, prompt_tokens, completion_tokens, cost, source); only
     # per-record values are kept, so a query text is stored once however many models answered it
@@ -104,13 +137,7 @@ def load_records(paths: Sequence[str | Path] | str | Path, *, datasets: Sequence
                 if dropped:
                     report.skipped[f"filtered_{dropped[0]}"] += 1
                     continue
-                if rec.split:  # indices restart per split, so two splits of a dataset cannot share rows
-                    first = split_of.setdefault(rec.dataset, (rec.split, rec.source))
-                    if first[0] != rec.split:
-                        raise RecordError(
-                            f"dataset {rec.dataset!r} comes from two splits: {first[0]!r} ({first[1]}) and "
-                            f"{rec.split!r} ({rec.source}); load one split at a time or filter datasets")
-                row = rows.setdefault((rec.dataset, rec.index), len(heads))
+                row = rows.setdefault((rec.dataset, rec.split, rec.index), len(heads))
                 if row == len(heads):
                     heads.append((rec.query, rec.prompt, rec.ground_truth))
                 else:
@@ -120,11 +147,13 @@ def load_records(paths: Sequence[str | Path] | str | Path, *, datasets: Sequence
                 if row in column:
                     if not keep_latest:
                         raise RecordError(
-                            f"duplicate record (dataset={rec.dataset!r}, index={rec.index}, model={rec.model!r}) "
+                            f"duplicate record (dataset={rec.dataset!r}, split={rec.split!r}, index={rec.index}, "
+                            f"model={rec.model!r}) "
                             f"in {column[row][-1]} and {rec.source}; pass keep_latest=True to keep the later one")
                     report.duplicates_replaced += 1
                 column[row] = (rec.response, rec.prediction, rec.score, rec.prompt_tokens,
                                rec.completion_tokens, rec.cost, rec.source)
+    _join_unsplit(rows, heads, cells, keep_latest, report)
     report.skipped = +report.skipped  # drop the zero counts added above
     for kind in ("dataset", "model"):
         if wanted[kind] is not None and not wanted[kind] <= seen[kind]:  # type: ignore[operator]
@@ -158,7 +187,8 @@ def load_records(paths: Sequence[str | Path] | str | Path, *, datasets: Sequence
     report.missing = {model: int(n - present[:, j].sum()) for j, model in enumerate(names)}
     head = [heads[rows[k]] for k in keys]
     return RecordMatrix(
-        models=names, datasets=[k[0] for k in keys], indices=np.array([k[1] for k in keys], dtype=np.int64),
+        models=names, datasets=[k[0] for k in keys], splits=[k[1] for k in keys],
+        indices=np.array([k[2] for k in keys], dtype=np.int64),
         queries=[h[0] for h in head], prompts=[h[1] for h in head], ground_truth=[h[2] for h in head],
         responses=responses, predictions=predictions, score=score, present=present,
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=cost, report=report)

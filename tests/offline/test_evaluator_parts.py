@@ -11,6 +11,9 @@ import pytest
 from bank_builder.evaluate import baselines as B
 from bank_builder.evaluate import scores as Mt
 from bank_builder.evaluate import plots, report
+from bank_builder.evaluate.methods import Outcome
+from bank_builder.evaluate.run import summarise
+from bank_builder.evaluate.stats import Bootstrap
 
 T, F = True, False
 
@@ -217,14 +220,15 @@ def test_switch_summary():
 
 def _results():
     ds = ["a", "a", "b"]
-    m = lambda c, cost: Mt.method_summary(np.array(c, float), ds, np.array(cost), np.ones(3))  # noqa: E731
-    methods = {name: m(c, cost) for name, c, cost in [
+    outcome = lambda c, cost: Outcome(np.array(c, float), np.array(cost), np.ones(3), np.zeros(3))  # noqa: E731
+    outcomes = {name: outcome(c, cost) for name, c, cost in [
         ("best_single", [1, 0, 1], [0.001] * 3), ("oracle", [1, 1, 1], [0.1] * 3),
         ("random", [0.5, 0.5, 0.5], [0.01] * 3), ("retrieval", [1, 1, 0], [0.002] * 3),
         ("cluster", [0, 1, 0], [0.003] * 3), ("majority_vote", [1, 0, 0], [0.02] * 3),
         ("jisi_route", [1, 1, 1], [0.05] * 3), ("majority_vote_per_dataset", [0, 0, 0], [0.0] * 3),
     ]}
-    return {"methods": methods, "jisi_switch": _switch(),
+    methods, frontier = summarise(outcomes, ds, Bootstrap(ds, 200, seed=1), {})
+    return {"methods": methods, "pareto_frontier": [p.__dict__ for p in frontier], "jisi_switch": _switch(),
             "support": Mt.support_summary(np.array([50, 60, 70]), np.array([F, F, T]), 70),
             "config": {"k": 3, "nan_value": float("nan")}, "timing": {"replay_s": np.float64(1.5)}}
 
@@ -242,7 +246,9 @@ def test_write_results_schema_and_markdown(tmp_path):
     table = report.format_table(results)
     for method in results["methods"]:
         assert f"| {method} |" in md and method in table
-    assert "| retrieval | 100.00 | 0.00 | 50.00 | 2.00e-03 | 1.00 |" in md  # Avg = mean of a, b
+    # Avg = mean of a, b; resampled within each dataset (a: both right, b: wrong) it cannot move
+    assert "| retrieval | 100.00 | 0.00 | 50.00 | [50.00, 50.00] | 2.00e-03 | 1.00 |" in md
+    assert "| retrieval | -25.00 " in md  # paired to best_single (75 %): 50 - 75 points
     assert "Adaptive switch" in md and "66.67" in md
     del results["methods"]["cluster"]["calls_per_query"]
     with pytest.raises(ValueError, match="cluster"):

@@ -279,10 +279,14 @@ def test_query_text_mismatch_keeps_first_and_counts(bench: Path) -> None:
     assert m.report.skipped["query_text_mismatch"] == 1
 
 
-def test_two_splits_of_one_dataset_are_refused(bench: Path) -> None:
-    write_result(bench, "toy", "model-a", [rec(1)], split="dev")
-    with pytest.raises(RecordError, match=r"'toy'.*two splits"):
-        load_records([bench])
+def test_two_splits_of_one_dataset_stay_apart(bench: Path) -> None:
+    # indices restart per split: toy/dev #1 is another question than toy/test #1, never joined with it
+    write_result(bench, "toy", "model-a", [rec(1, 0.0)], split="dev")
+    m = load_records([bench])
+    toy = [i for i in range(len(m.queries)) if m.datasets[i] == "toy"]
+    assert [(m.splits[i], int(m.indices[i])) for i in toy] == [("dev", 1), ("test", 1), ("test", 2), ("test", 3)]
+    dev = toy[0]
+    assert m.present[dev].tolist() == [True, False, False] and m.score[dev, 0] == 0.0
     assert load_records([bench], datasets=["math"]).report.queries == 2
 
 

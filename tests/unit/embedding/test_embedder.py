@@ -289,7 +289,8 @@ def test_make_embedder_picks_backend(monkeypatch, tmp_path):
     monkeypatch.setattr(embedder_module, "SentenceTransformerEmbedder", FakeLocal)
     local = make_embedder(EmbedderSettings(cache_dir=tmp_path, batch_size=8))
     assert isinstance(local, CachedEmbedder) and isinstance(local.inner, FakeLocal)
-    assert local.inner.kwargs == {"device": "cpu", "batch_size": 8, "max_seq_length": 256, "normalize": True}
+    assert local.inner.kwargs == {"device": "cpu", "batch_size": 8, "max_seq_length": 256, "normalize": True,
+                                  "truncation": "head"}
     plain = make_embedder(EmbedderSettings(cache_dir=tmp_path), use_cache=False)
     assert isinstance(plain, FakeLocal)
     assert isinstance(make_embedder(EmbedderSettings(cache_dir=None)), FakeLocal)

@@ -1,0 +1,93 @@
+"""Every evaluated method as per-question outcomes on the same test questions: correct or not, what it cost,
+how many calls it made. The summary statistics (stats.py) are computed from these, never from averages, so
+every method gets an interval and a paired comparison.
+
+Cost rule, the same for every method (scores.py): a method costs the sum of the upstream calls it makes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bank_builder.evaluate import baselines, trained
+from bank_builder.evaluate import scores as metrics
+from bank_builder.evaluate.replay import ReplayResult
+from bank_builder.records import RecordMatrix
+
+# Table 1 / LLMRouterBench methods that need new generations, so a replay of recorded answers cannot score them
+NOT_REPLAYABLE = {
+    "jisi": "the adaptive switch aggregates most questions: the aggregator's new answer is not in the records "
+            "(its share, aggregators, cost and the oracle of its final sets are in jisi_switch)",
+    "jisi_aggregate": "always aggregates: needs the aggregator's new answer",
+    "self_consistency": "needs several samples of one model per question; the records hold one",
+    "moa": "Mixture-of-Agents needs new generations from its proposer and aggregator layers",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One method on the test questions."""
+
+    correct: np.ndarray  # (Nt,) in [0, 1] (the random router's is its expectation)
+    cost: np.ndarray  # (Nt,) USD, unknown prices counted as 0
+    calls: np.ndarray  # (Nt,) upstream calls
+    unpriced: np.ndarray  # (Nt,) calls whose cost is unknown
+    note: str = ""  # how it was trained or chosen
+
+
+def _single(score: np.ndarray, choice: np.ndarray, cost: np.ndarray, note: str = "") -> Outcome:
+    usd, calls, unpriced = metrics.single_call_cost(choice, cost)
+    return Outcome(score[np.arange(len(choice)), choice], usd, calls, unpriced, note)
+
+
+def baseline_outcomes(train: RecordMatrix, test: RecordMatrix, e_train: np.ndarray, e_test: np.ndarray,
+                      retrieval_choice: np.ndarray, cost: np.ndarray, seed: int) -> dict[str, Outcome]:
+    """The references (oracle, random, best single, best per dataset), the training-free routers (retrieval,
+    cluster), the trained ones (logistic, mf, knn) and majority voting, on the same test questions."""
+    score = np.where(test.present, test.score, 0.0)
+    ds = np.asarray(test.datasets)
+    out: dict[str, Outcome] = {}
+    out["oracle"] = Outcome(baselines.oracle(score, test.present), *metrics.oracle_cost(cost))
+    out["random"] = Outcome(baselines.random_expected_accuracy(score, test.present),
+                            *metrics.expected_call_cost(cost, test.present))
+    out["best_single"] = _single(score, baselines.best_single_choice(train.score, train.present, test.present),
+                                 cost, "the best model on the train split")
+    out["best_per_dataset"] = _single(score, trained.best_per_dataset(
+        train.score, train.present, train.datasets, ds, test.present), cost,
+        "the best model of each dataset on the train split (knows each query's dataset)")
+    out["retrieval"] = _single(score, retrieval_choice, cost,
+                               "top-1 of g: a similarity-weighted kNN whose k is the support set")
+    choice, k = trained.knn_router(e_train, train.score, train.present, e_test, test.present,
+                                   np.asarray(train.datasets))
+    out["knn"] = _single(score, choice, cost, f"plain kNN, k={k} chosen by leave-one-out on train")
+    out["cluster"] = _single(score, baselines.cluster_router(e_train, train.score, train.present, e_test, seed=seed,
+                                                             present_test=test.present), cost,
+                             "Avengers-style k-means over query embeddings")
+    out["logistic"] = _single(score, trained.correctness_predictor(
+        e_train, train.score, train.present, e_test, test.present, seed=seed), cost,
+        "per-model logistic regression on the query embedding")
+    out["mf"] = _single(score, trained.mf_router(e_train, train.score, train.present, e_test, test.present,
+                                                 seed=seed), cost,
+                        "matrix factorisation (RouteLLM mf / EmbedLLM)")
+    top3 = baselines.top_models_overall(train.score, train.present, k=3)
+    out["majority_vote"] = Outcome(baselines.majority_vote(test.predictions, score, test.present, top3),
+                                   *metrics.calls_cost([top3] * len(ds), cost), "the 3 best models on train vote")
+    per_ds = baselines.top_models_per_dataset(train.score, train.present, train.datasets, ds, k=3)
+    out["majority_vote_per_dataset"] = Outcome(
+        baselines.majority_vote(test.predictions, score, test.present, per_ds),
+        *metrics.calls_cost(list(per_ds), cost), "the 3 best of each dataset on train vote")
+    return out
+
+
+def route_outcome(test: RecordMatrix, run: ReplayResult, choice: np.ndarray, cost: np.ndarray,
+                  candidates: np.ndarray | None = None, note: str = "") -> Outcome:
+    """A JiSi router-only run: the chosen model answers; the calls are the candidates fanned out to plus the
+    chosen model when it was not among them."""
+    score = np.where(test.present, test.score, 0.0)
+    cands = run.candidates if candidates is None else candidates
+    usd, calls, unpriced = metrics.jisi_cost(
+        cands, [np.array([c]) for c in choice], run.aggregators, ["route"] * len(choice), cost,
+        test.prompt_tokens, test.completion_tokens, test.models, {})
+    return Outcome(score[np.arange(len(choice)), choice], usd, calls, unpriced, note)
