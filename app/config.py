@@ -75,6 +75,19 @@ class _JiSiSettingsBase(BaseModel):
     def params(self) -> JiSiParams:
         return JiSiParams(**self.model_dump())
 
+    def resolve(self, calibrated: dict[str, Any] | None) -> tuple[JiSiParams, dict[str, str]]:
+        """The parameters in force and where each comes from: "settings" (set in the file or the
+        environment) over "bank" (the bank's calibration) over "default" (the paper's)."""
+        values, sources = self.model_dump(), {}
+        for name in values:
+            if name in self.model_fields_set:
+                sources[name] = "settings"
+            elif calibrated and name in calibrated:
+                values[name], sources[name] = calibrated[name], "bank"
+            else:
+                sources[name] = "default"
+        return JiSiParams(**values), sources
+
 
 JiSiSettings = create_model(  # the method's hyperparameters; defaults are the paper's (§4.1)
     "JiSiSettings", __base__=_JiSiSettingsBase,

@@ -233,6 +233,7 @@ class ModelCard(BaseModel):
     owned_by: str = "jisi"
     pricing: dict[str, float] | None = None
     description: str | None = None
+    jisi: dict[str, Any] | None = None  # virtual models: the hyperparameters in force and their sources
 
 
 class ModelList(BaseModel):

@@ -101,6 +101,15 @@ def response_embedder_settings(args: argparse.Namespace) -> EmbedderSettings | N
     return settings.model_copy(update={"max_seq_length": None}) if every_token else settings
 
 
+def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("calibration (bank_builder/evaluate/calibrate.py)")
+    group.add_argument("--objective", default="accuracy", metavar="accuracy|cost:ALPHA",
+                       help="accuracy, or cost:ALPHA (cost_weight fixed at ALPHA, the rest chosen for accuracy)")
+    group.add_argument("--folds", type=int, default=5, help="cross-validation folds of the train split")
+    group.add_argument("--settings", type=int, default=40,
+                       help="settings tried: the paper's defaults and a seeded random sample of the search space")
+
+
 def _add_index_options(parser: argparse.ArgumentParser) -> None:
     defaults = BankIndexSettings()
     group = parser.add_argument_group("search index (see app/bank/index.py)")
@@ -191,7 +200,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate(EvaluateOptions(records=record_selection(args), out=args.out, embedder=embedder_settings(args),
                              response_embedder=response_embedder_settings(args), params=jisi_params(args.param),
                              split=args.split, train_ratio=args.train_ratio, prices=args.prices,
-                             plots=not args.no_plots, resamples=args.resamples))
+                             plots=not args.no_plots, resamples=args.resamples, calibrate=args.calibrate,
+                             objective=args.objective, folds=args.folds, settings=args.settings,
+                             explain=args.explain))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from bank_builder.evaluate.calibrate_cli import CalibrateOptions, run_calibration
+
+    run_calibration(CalibrateOptions(records=record_selection(args), out=args.out, embedder=embedder_settings(args),
+                                     response_embedder=response_embedder_settings(args), params=jisi_params(args.param),
+                                     split=args.split, train_ratio=args.train_ratio, prices=args.prices,
+                                     objective=args.objective, folds=args.folds, settings=args.settings,
+                                     bank=args.bank))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -287,7 +308,26 @@ def parser() -> argparse.ArgumentParser:
                          "split (--train-ratio). Default: given when every dataset has a train and a test split")
     ev.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples for the intervals")
     ev.add_argument("--no-plots", action="store_true")
+    ev.add_argument("--calibrate", action="store_true",
+                    help="also calibrate on the train split (k-fold CV) and report jisi_route_calibrated, "
+                         "jisi_shortcut and the cost_weight frontier")
+    ev.add_argument("--explain", action="store_true",
+                    help="explain.md: where jisi_route and best_single disagree, and ablations of the parameters")
+    _add_calibration_options(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    cal = sub.add_parser("calibrate", help="choose the hyperparameters by k-fold cross-validation on the train split")
+    _add_record_options(cal)
+    _add_embedder_options(cal)
+    cal.add_argument("--out", required=True, type=Path, help="folder for calibration.json and calibration.md")
+    cal.add_argument("--bank", type=Path, help="write the choice into this bank's manifest (its defaults)")
+    cal.add_argument("--prices", type=Path, help="prices file (e.g. ../shared/data/prices.json) for null costs")
+    cal.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="fixed parameters the search starts from (repeatable)")
+    cal.add_argument("--split", choices=["given", "random"], default=None,
+                     help="which records are the train split (as for evaluate); only those are read")
+    _add_calibration_options(cal)
+    cal.set_defaults(func=cmd_calibrate)
 
     _add_collect_parser(sub)
     return root

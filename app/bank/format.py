@@ -99,6 +99,8 @@ class Manifest(BaseModel):
     files: BankFiles
     index_type: str = "flat_ip"  # a value of INDEX_TYPES (older banks: always flat_ip)
     response_embedder: EmbedderInfo | None = None  # of the responses (r_ij) when not the query embedder
+    # written by `jisi-bank calibrate --bank`: {"params": {...}, "objective": ..., ...}; the gateway's defaults
+    calibration: dict[str, Any] | None = None
 
     @property
     def responses_embedder(self) -> EmbedderInfo:

@@ -13,7 +13,7 @@ import numpy as np
 from app.bank import index as bank_index
 from app.bank.format import BankError, EmbedderInfo, Manifest, QueryInfo, read_manifest
 from app.config import BankIndexSettings
-from app.engine import SupportView
+from app.engine import SupportView, bank_accuracy
 
 
 class Bank:
@@ -29,6 +29,7 @@ class Bank:
         self.v = np.asarray(self._array(files.v), dtype=np.float32)  # N x M, small: load fully
         self.c = np.asarray(self._array(files.c), dtype=np.float32)
         self.present = np.asarray(self._array(files.present), dtype=bool)
+        self.mu = bank_accuracy(self.v, self.present)  # each model's accuracy over the bank: the prior's mean
         self.r = [self._array(name) for name in files.responses]  # M arrays of N x d_r
         self.index = faiss.read_index(str(self.path / files.index))
         self._queries: list[QueryInfo] | None = None

@@ -7,10 +7,12 @@ The gateway and the offline evaluator both call `plan` (steps 1-3, before any up
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from app.engine.confidence import leader_probability
+from app.engine.cost import expected_completion_tokens
 from app.engine.mixed import MixedScores, mixed_routing
 from app.engine.params import JiSiParams, Mode
 from app.engine.prior import bank_accuracy
@@ -22,6 +24,7 @@ __all__ = [
     "JiSiParams", "Mode", "Outcome", "Plan", "Decision", "SupportView", "LiveResponses",
     "plan", "decide", "top_k", "truncate_aggregatees", "support_set", "coarse_scores",
     "final_set", "mixed_routing", "SupportSet", "CoarseScores", "MixedScores", "bank_accuracy",
+    "expected_completion_tokens",
 ]
 
 
@@ -34,6 +37,7 @@ class Plan:
     coarse: CoarseScores
     confidence: float | None = None  # P(the coarse leader stays on top), computed when a shortcut is set
     shortcut: bool = False  # call only candidates[0]: its confidence cleared params.shortcut
+    cost: np.ndarray | None = None  # each model's expected cost on this query, when cost_weight > 0
 
     @property
     def candidates(self) -> np.ndarray:
@@ -70,6 +74,7 @@ class Decision:
     mixed: MixedScores
     final: np.ndarray  # A^fm, best first
     outcome: Outcome
+    eligible: np.ndarray | None = None  # the models the final set could come from (from_candidates applied)
 
 
 def plan(
@@ -80,21 +85,25 @@ def plan(
     params: JiSiParams,
     eligible: np.ndarray | None = None,
     prior: np.ndarray | None = None,
-    cost: np.ndarray | None = None,
+    cost: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Plan:
     """Steps 2-3 from a similarity search (`sims`, `ids` descending) over a bank with scores v.
 
     `prior`: each model's bank-wide accuracy μ (used when λ > 0); `cost`: each model's expected cost on this
-    query (used when cost_weight > 0). Neither changes anything at the paper's defaults.
+    query, or a function of the support set's bank rows giving it (used when cost_weight > 0). Neither changes
+    anything at the paper's defaults.
     """
     support = support_set(sims, ids, params)
     v_sup, present_sup = v[support.ids], present[support.ids]
+    if callable(cost):
+        cost = cost(support.ids) if params.cost_weight else None
     coarse = coarse_scores(v_sup, present_sup, support, params, eligible, prior, cost)
     if params.shortcut is None:
-        return Plan(support=support, coarse=coarse)
+        return Plan(support=support, coarse=coarse, cost=cost)
     confidence = leader_probability(v_sup, present_sup, weights(support.s), int(coarse.candidates[0]),
                                     params.lam, prior, cost, params.cost_weight, eligible)
-    return Plan(support=support, coarse=coarse, confidence=confidence, shortcut=confidence >= params.shortcut)
+    return Plan(support=support, coarse=coarse, confidence=confidence, shortcut=confidence >= params.shortcut,
+                cost=cost)
 
 
 def decide(
@@ -105,9 +114,9 @@ def decide(
     mode: Mode = "adaptive",
     eligible: np.ndarray | None = None,
     prior: np.ndarray | None = None,
-    cost: np.ndarray | None = None,
 ) -> Decision:
-    """Steps 5-8: mixed score over I, filter, fine score over all M models, adaptive switch.
+    """Steps 5-8: mixed score over I, filter, fine score over all M models, adaptive switch (ranked
+    cost-aware with the plan's expected costs when cost_weight > 0).
 
     With from_candidates the final set is chosen among the models that answered (no further call)."""
     live_models = np.asarray(live.models, dtype=np.int64)
@@ -127,5 +136,6 @@ def decide(
         answered = np.zeros(len(mixed.gf), dtype=bool)
         answered[live_models] = True
         eligible = answered if eligible is None else np.asarray(eligible, dtype=bool) & answered
-    final, outcome = final_set(mixed.gf, params, mode, eligible, cost)
-    return Decision(plan=plan_, live_models=live_models, mixed=mixed, final=final, outcome=outcome)
+    final, outcome = final_set(mixed.gf, params, mode, eligible, plan_.cost)
+    return Decision(plan=plan_, live_models=live_models, mixed=mixed, final=final, outcome=outcome,
+                    eligible=eligible)

@@ -32,3 +32,16 @@ def cost_aware(perf: np.ndarray, cost: np.ndarray | None, alpha: float,
     top = c_in.max()
     cost_n = cost / top if top > 0 else np.zeros_like(cost)
     return (1 - alpha) * perf_n + alpha * (1 - cost_n)
+
+
+def expected_completion_tokens(c_support: np.ndarray, present_support: np.ndarray) -> np.ndarray:
+    """Per model, its mean completion tokens over its support-set records: how long it will likely answer
+    this query (the forecast of the cost cap and of the cost-aware ranking). A model without a record in the
+    support set is forecast at the others' mean (256 tokens when no model has one)."""
+    present = np.asarray(present_support, dtype=bool)
+    c = np.asarray(c_support, dtype=np.float64)
+    counts = present.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts > 0, np.where(present, c, 0.0).sum(axis=0) / counts, 0.0)
+    fallback = float(mean[counts > 0].mean()) if np.any(counts > 0) else 256.0
+    return np.where(counts > 0, mean, fallback)

@@ -86,8 +86,10 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             state.metrics.watch_embedders(async_embedder, async_responses)
             probe = LoopLagProbe(interval_s=0.025, observe=state.metrics.loop_lag_seconds.observe, keep=1)
             probe.start()
-            pipeline = Pipeline(bank, async_embedder, pool, settings.jisi.params(),
-                                embed_system_prompt=settings.embed_system_prompt, response_embedder=async_responses)
+            calibrated = (bank.manifest.calibration or {}).get("params")
+            params, sources = settings.jisi.resolve(calibrated)
+            pipeline = Pipeline(bank, async_embedder, pool, params, embed_system_prompt=settings.embed_system_prompt,
+                                response_embedder=async_responses, param_sources=sources)
             state.api_keys = settings.auth.keys()
             state.gateway = Gateway(pipeline, pool, state.metrics, max_messages=settings.max_messages,
                                     max_requested_tokens=settings.max_requested_tokens)

@@ -34,6 +34,8 @@ class Metrics:
         self.support_capped = Counter("jisi_support_capped", "Requests whose support set hit max_support",
                                       registry=r)
         self.degraded = Counter("jisi_degraded", "Requests answered in a degraded way", registry=r)
+        self.shortcuts = Counter("jisi_shortcuts", "Requests whose confident coarse leader was called alone",
+                                 registry=r)
         # every response, including those refused before the pipeline (404 model, 400 body, 401, 413)
         self.http_responses = Counter("jisi_http_responses", "HTTP responses by route and status",
                                       ["path", "status"], registry=r)

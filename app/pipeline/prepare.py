@@ -25,7 +25,7 @@ from app.pipeline.trace import Trace, named_scores
 from app.protocol import ChatCompletionRequest
 from app.upstream.call import CallResult, UpstreamError, estimate_tokens, prompt_text
 from app.upstream.pool import UpstreamPool
-from app.upstream.pricing import upstream_cost_usd
+from app.upstream.pricing import cost_usd, upstream_cost_usd
 
 VIRTUAL_MODELS: dict[str, Mode] = {"jisi": "adaptive", "jisi-route": "route", "jisi-aggregate": "aggregate"}
 
@@ -62,13 +62,25 @@ class _Request:
 
 class Pipeline:
     def __init__(self, bank: Bank, embedder: AsyncEmbedder, pool: UpstreamPool, params: JiSiParams,
-                 *, embed_system_prompt: bool = False, response_embedder: AsyncEmbedder | None = None) -> None:
+                 *, embed_system_prompt: bool = False, response_embedder: AsyncEmbedder | None = None,
+                 param_sources: dict[str, str] | None = None) -> None:
         self.bank = bank
         self.embedder = embedder  # queries: e = f1(x)
         self.response_embedder = response_embedder or embedder  # live answers: r_k = f1(y_k)
         self.pool = pool
-        self.params = params
+        self.params = params  # the defaults in force (settings over the bank's calibration over the paper's)
+        self.param_sources = param_sources or {name: "default" for name in params.__dataclass_fields__}
         self.embed_system_prompt = embed_system_prompt
+        # per bank model, the configured prices (unserved models are never eligible: 0)
+        served = [pool.upstreams.get(m) for m in bank.models]
+        self.prices_in = np.array([u.input_usd_per_mtok if u else 0.0 for u in served])
+        self.prices_out = np.array([u.output_usd_per_mtok if u else 0.0 for u in served])
+
+    def expected_cost(self, support_ids: np.ndarray, prompt_tokens: float) -> np.ndarray:
+        """Each model's forecast cost on this request: its prompt at the model's input price, and its mean
+        completion tokens over the support set at the output price (the cost cap's and the cost weight's)."""
+        expected = engine.expected_completion_tokens(self.bank.c[support_ids], self.bank.present[support_ids])
+        return cost_usd(float(prompt_tokens), expected, self.prices_in, self.prices_out)
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -102,7 +114,8 @@ class Pipeline:
 
     async def plan(self, request: ChatCompletionRequest, params: JiSiParams,
                    trace: Trace) -> tuple[engine.Plan, np.ndarray]:
-        """Steps 1-3 (embed, search, support set, coarse scores, candidates), timed into the trace."""
+        """Steps 1-3 (embed, search, support set, coarse scores, candidates, the shortcut's confidence), timed
+        into the trace."""
         t = time.perf_counter()
         e = (await self.embedder.embed([self.query_text(request)]))[0]
         t = trace.phase("embed_query", t)
@@ -112,7 +125,9 @@ class Pipeline:
         if not eligible.any():
             raise GatewayError(ErrorKind.UNAVAILABLE, "every upstream is unavailable (circuits open after repeated "
                                "failures); retry shortly", code="upstreams_unavailable")
-        planned = engine.plan(sims, ids, self.bank.v, self.bank.present, params, eligible)
+        prompt_tokens = estimate_tokens(prompt_text(request.upstream_body(model="")))
+        planned = engine.plan(sims, ids, self.bank.v, self.bank.present, params, eligible, prior=self.bank.mu,
+                              cost=lambda support_ids: self.expected_cost(support_ids, prompt_tokens))
         trace.phase("plan", t)
         return planned, eligible
 
@@ -123,6 +138,8 @@ class Pipeline:
         self._trace_plan(req.trace, planned)
         self._forecast(req, planned, eligible)
         candidates = [int(j) for j in planned.candidates]
+        if planned.shortcut:
+            return await self._shortcut(req, planned, eligible)
         if not req.budget.fits(sum(req.estimate[j] for j in candidates)):
             return await self._single_model(req, planned, eligible)
         await self._fan_out(req, candidates)
@@ -144,16 +161,19 @@ class Pipeline:
     def _trace_plan(self, trace: Trace, planned: engine.Plan) -> None:
         models, support = self.bank.models, planned.support
         trace.support = {"size": int(support.ids.size), "capped": support.capped, "tau": round(support.tau, 6)}
+        if planned.confidence is not None:
+            trace.support["leader_confidence"] = round(planned.confidence, 4)
         trace.g = named_scores(models, planned.coarse.g)
         trace.candidates = [models[j] for j in planned.candidates]
         trace.aggregator = models[planned.aggregator]
 
     def _forecast(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> None:
         """The cost cap's forecast: each callable model's cost on this prompt at its support-set mean length."""
+        ids = planned.support.ids
         req.prompt_tokens = estimate_tokens(prompt_text(req.body))
-        req.expected = self._expected_completion_tokens(planned.support.ids)
-        req.estimate = {int(j): upstream_cost_usd(self.pool.upstreams[self.bank.models[j]], req.prompt_tokens,
-                                                  req.expected[j]) for j in np.flatnonzero(eligible)}
+        req.expected = engine.expected_completion_tokens(self.bank.c[ids], self.bank.present[ids])
+        cost = self.expected_cost(ids, req.prompt_tokens)
+        req.estimate = {int(j): float(cost[j]) for j in np.flatnonzero(eligible)}
 
     async def _fan_out(self, req: _Request, candidates: list[int]) -> None:
         """Step 4: the candidates, concurrently, each answer embedded as it arrives."""
@@ -186,14 +206,22 @@ class Pipeline:
             f"{e['model']}: {e['message']}" for e in trace.errors), code="upstreams_failed", details=trace.errors)
 
     def _decide(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> engine.Decision:
-        """Steps 5-8: the mixed score with the live answers, the fine score, the adaptive switch."""
+        """Steps 5-8: the mixed score with the live answers, the fine score, the adaptive switch.
+
+        An empty answer is no answer: when another candidate said something, the one that answered empty is
+        left out of the final set (o1-mini answered empty on 5 % of MATH level 5, always scored wrong)."""
         t, answered = time.perf_counter(), req.answered
         live_models = np.fromiter(answered, dtype=np.int64)
         responses = LiveResponses(
             models=live_models, r=np.stack([req.live_r[j] for j in live_models]),
             c=np.array([answered[j].usage.completion_tokens for j in live_models], float))
+        empty = [j for j in live_models if _is_empty(answered[j])]
+        if empty and len(empty) < len(live_models):
+            eligible = eligible.copy()
+            eligible[empty] = False
+            req.trace.notes.extend(f"candidate {self.bank.models[j]} answered empty: not chosen" for j in empty)
         decision = engine.decide(planned, self.bank.view(planned.support.ids, live_models), responses, req.params,
-                                 req.mode, eligible)
+                                 req.mode, eligible, prior=self.bank.mu)
         req.trace.gf = named_scores(self.bank.models, decision.mixed.gf)
         req.trace.phase("decide", t)
         return decision
@@ -220,7 +248,8 @@ class Pipeline:
             trace.degraded.append(f"final set without {', '.join(lost)}: failed in this request")
         final = [j for j in final if j in answered]
         if not final:  # every final-set model failed or was unaffordable: the best answered candidate
-            final = [max(answered, key=lambda j: decision.mixed.gf[j])]
+            said = [j for j in answered if not _is_empty(answered[j])] or list(answered)
+            final = [max(said, key=lambda j: decision.mixed.gf[j])]
         final = [int(j) for j in engine.truncate_aggregatees(
             np.asarray(final), {j: answered[j].usage.completion_tokens for j in final}, req.params)]
         trace.final = [models[j] for j in final]
@@ -252,6 +281,32 @@ class Pipeline:
         return Prepared(trace=trace, aggregation=Aggregation(models[aggregator], {**req.body, "messages": messages},
                                                              fallback=best))
 
+    async def _shortcut(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> Prepared:
+        """The coarse leader is sure enough (P(it stays the leader) >= params.shortcut): call it alone and
+        route to its answer. If it fails or answers empty, the next candidate is called instead."""
+        trace, models = req.trace, self.bank.models
+        trace.shortcut = True
+        t = time.perf_counter()
+        for j in [int(j) for j in planned.candidates]:
+            if j in req.failed or not req.budget.fits(req.estimate[j]):
+                continue
+            req.failed |= await call_all(self.pool, models, [j], "candidate", req.body, req.answered, req.budget,
+                                         trace)
+            if j in req.answered and not _is_empty(req.answered[j]):
+                break
+            if j in req.answered:
+                trace.notes.append(f"shortcut: {models[j]} answered empty, the next candidate is called")
+        trace.phase("fanout", t)
+        answers = [j for j in req.answered if not _is_empty(req.answered[j])] or list(req.answered)
+        if not answers:
+            if not trace.errors:
+                raise bad_request(f"max_cost_usd {req.budget.cap_usd:g} is below the estimated cost of every "
+                                  "candidate", "jisi.max_cost_usd", "cost_cap_too_low")
+            raise self._no_answer(trace)
+        trace.answered = [models[j] for j in req.answered]
+        trace.final = [models[answers[-1]]]
+        return req.routed(req.answered[answers[-1]])
+
     async def _single_model(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> Prepared:
         """The cap does not allow the fan-out: one call to the best-scored model that fits it."""
         models, trace, estimate = self.bank.models, req.trace, req.estimate
@@ -274,12 +329,7 @@ class Pipeline:
         trace.final = [models[j]]
         return req.routed(answer)
 
-    def _expected_completion_tokens(self, support_ids: np.ndarray) -> np.ndarray:
-        """Per model, the mean completion tokens over the support set: the cost cap's forecast."""
-        present = self.bank.present[support_ids]
-        c = self.bank.c[support_ids]
-        counts = present.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(counts > 0, (c * present).sum(axis=0) / counts, 0.0)
-        fallback = float(mean[counts > 0].mean()) if np.any(counts > 0) else 256.0
-        return np.where(counts > 0, mean, fallback)
+
+def _is_empty(call: CallResult) -> bool:
+    """An answer with neither text nor a tool call."""
+    return not response_text(call).strip()

@@ -35,6 +35,7 @@ class Trace:
     timings_ms: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     deadline: float | None = None  # time.monotonic() by which the whole request must be answered
+    shortcut: bool = False  # the coarse leader was called alone (params.shortcut)
 
     def remaining_s(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.monotonic()
@@ -61,7 +62,8 @@ class Trace:
         return {
             "mode": self.mode, "requested_mode": self.requested_mode, "candidates": self.candidates,
             "answered": self.answered, "final": self.final, "aggregator": self.aggregator,
-            "answered_by": self.answered_by, "support": self.support, "scores": {"g": self.g, "gf": self.gf},
+            "answered_by": self.answered_by, "shortcut": self.shortcut, "support": self.support,
+            "scores": {"g": self.g, "gf": self.gf},
             "calls": [c.summary() for c in self.calls], "upstream_calls": len(self.calls),
             "total_cost_usd": self.cost_usd, "degraded": bool(self.degraded),
             "degraded_reasons": self.degraded, "errors": self.errors, "notes": self.notes,

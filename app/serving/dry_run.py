@@ -1,4 +1,5 @@
-"""POST /v1/jisi/route: steps 1-3 without any upstream call (neighbours, coarse scores, candidates, aggregator)."""
+"""POST /v1/jisi/route: steps 1-3 without any upstream call (neighbours, coarse scores, candidates, aggregator,
+whether the confident shortcut would fire, and which parameters are in force and from where)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.protocol import ChatCompletionRequest, RouteRequest
 async def dry_run(pipeline: Pipeline, request: RouteRequest) -> dict[str, Any]:
     chat = ChatCompletionRequest(model="jisi", messages=request.messages, jisi=request.jisi)
     params = pipeline.params_for(chat)
+    overridden = set(request.jisi.param_overrides()) if request.jisi else set()
     text = pipeline.query_text(chat)
     trace = Trace(requested_mode="route")
     planned, _ = await pipeline.plan(chat, params, trace)
@@ -32,6 +34,11 @@ async def dry_run(pipeline: Pipeline, request: RouteRequest) -> dict[str, Any]:
         "scores": {"g": named_scores(models, planned.coarse.g)},
         "candidates": [models[j] for j in planned.candidates],
         "aggregator": models[planned.aggregator],
+        # the confident shortcut: whether only candidates[0] would be called, and how sure the coarse score is
+        "shortcut": {"would_fire": planned.shortcut, "leader_confidence": planned.confidence,
+                     "threshold": params.shortcut},
         "params": params.__dict__,
+        "param_sources": {name: ("request" if name in overridden else source)
+                          for name, source in pipeline.param_sources.items()},
         "timings_ms": {k: round(v, 2) for k, v in trace.timings_ms.items()},
     }

@@ -41,12 +41,19 @@ class Gateway:
     # -- catalogue -------------------------------------------------------------------------------
 
     def models(self) -> ModelList:
-        cards = [ModelCard(id=name, description=text) for name, text in VIRTUAL_DESCRIPTIONS.items()]
+        in_force = self.parameters()
+        cards = [ModelCard(id=name, description=text, jisi=in_force) for name, text in VIRTUAL_DESCRIPTIONS.items()]
         for u in self.pool.upstreams.values():
             cards.append(ModelCard(id=u.name, owned_by="upstream", description=f"pass-through to {u.base_url}",
                                    pricing={"input_usd_per_mtok": u.input_usd_per_mtok,
                                             "output_usd_per_mtok": u.output_usd_per_mtok}))
         return ModelList(data=cards)
+
+    def parameters(self) -> dict[str, Any]:
+        """The hyperparameters in force by default and where each comes from (settings, bank, default)."""
+        p = self.pipeline
+        return {"params": p.params.__dict__, "sources": p.param_sources,
+                "calibration": (p.bank.manifest.calibration or {}).get("objective")}
 
     def check_request(self, request: ChatCompletionRequest) -> None:
         """The model exists and the request stays within the configured limits (else 404 / 400)."""
@@ -167,6 +174,8 @@ class Gateway:
             self.metrics.support_capped.inc()
         if trace.degraded:
             self.metrics.degraded.inc()
+        if trace.shortcut:
+            self.metrics.shortcuts.inc()
 
     # -- dry run ---------------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ def jisi_headers(trace: Trace, request_id: str) -> dict[str, str]:
         "x-jisi-upstream-calls": str(len(trace.calls)),
         "x-jisi-overhead-ms": f"{trace.timings_ms.get('overhead', 0.0):.2f}",
         "x-jisi-degraded": "true" if trace.degraded else "false",
+        "x-jisi-shortcut": "true" if trace.shortcut else "false",
     }
 
 

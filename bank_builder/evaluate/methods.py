@@ -13,7 +13,6 @@ import numpy as np
 
 from bank_builder.evaluate import baselines, trained
 from bank_builder.evaluate import scores as metrics
-from bank_builder.evaluate.replay import ReplayResult
 from bank_builder.records import RecordMatrix
 
 # Table 1 / LLMRouterBench methods that need new generations, so a replay of recorded answers cannot score them
@@ -79,15 +78,3 @@ def baseline_outcomes(train: RecordMatrix, test: RecordMatrix, e_train: np.ndarr
         baselines.majority_vote(test.predictions, score, test.present, per_ds),
         *metrics.calls_cost(list(per_ds), cost), "the 3 best of each dataset on train vote")
     return out
-
-
-def route_outcome(test: RecordMatrix, run: ReplayResult, choice: np.ndarray, cost: np.ndarray,
-                  candidates: np.ndarray | None = None, note: str = "") -> Outcome:
-    """A JiSi router-only run: the chosen model answers; the calls are the candidates fanned out to plus the
-    chosen model when it was not among them."""
-    score = np.where(test.present, test.score, 0.0)
-    cands = run.candidates if candidates is None else candidates
-    usd, calls, unpriced = metrics.jisi_cost(
-        cands, [np.array([c]) for c in choice], run.aggregators, ["route"] * len(choice), cost,
-        test.prompt_tokens, test.completion_tokens, test.models, {})
-    return Outcome(score[np.arange(len(choice)), choice], usd, calls, unpriced, note)

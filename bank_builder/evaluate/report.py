@@ -41,12 +41,12 @@ def validate_results(results: Mapping[str, Any]) -> None:
                 raise ValueError(f"results.{block}: missing {key!r}")
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """numpy scalars/arrays to Python, NaN to null, dict keys to str: strict JSON."""
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -186,6 +186,6 @@ def write_results(out_dir: str | Path, results: Mapping[str, Any]) -> tuple[Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "results.json", out / "results.md"
-    json_path.write_text(json.dumps(_plain(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps(plain(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     md_path.write_text(format_markdown(results), encoding="utf-8")
     return json_path, md_path

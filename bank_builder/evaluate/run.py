@@ -5,6 +5,7 @@ results.json, results.md and plots."""
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
@@ -19,16 +20,21 @@ from app.bank.reader import Bank
 from app.config import EmbedderSettings
 from app.embedding import make_embedder
 from app.engine import JiSiParams
-from bank_builder.build import build_bank
+from bank_builder.build import build_bank, embed_responses, embed_unique
 from bank_builder.evaluate import methods as M
-from bank_builder.evaluate import plots, report
+from bank_builder.evaluate import baselines, plots, report
+from bank_builder.evaluate.explain import explain
+from bank_builder.evaluate.explain import to_markdown as explain_markdown
 from bank_builder.evaluate import scores as metrics
-from bank_builder.evaluate.replay import replay
+from bank_builder.evaluate.calibrate import TrainSet, calibrate, describe, path_outcomes
+from bank_builder.evaluate.replay import Queries, ReplayResult, empty_answers, query_prompt_tokens, replay_queries
 from bank_builder.evaluate.split import SplitKind, choose_split
 from bank_builder.evaluate.stats import (
     N_RESAMPLES, Bootstrap, Point, cost_save, gap_to_oracle, pareto_distance, pareto_frontier, relative_gain,
 )
-from bank_builder.records import RecordSelection
+from bank_builder.records import RecordMatrix, RecordSelection
+
+COST_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)  # the alpha sweep of the frontier
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,37 @@ class EvaluateOptions:
     prices: Path | None = None  # prices.json for records without a cost
     plots: bool = True
     resamples: int = N_RESAMPLES
+    calibrate: bool = False  # choose the hyperparameters by k-fold CV on the train split (calibrate.py)
+    objective: str = "accuracy"
+    folds: int = 5
+    settings: int = 40  # settings the calibration tries (the paper's defaults among them)
+    explain: bool = False  # the per-question analysis and ablations of jisi_route (explain.md)
+
+
+def replayed_queries(test: RecordMatrix, embedder, responses_by, progress: bool = True) -> Queries:
+    """The test questions embedded as the gateway would embed requests, and their recorded answers as the
+    live ones."""
+    return Queries(e=embed_unique(embedder, test.queries, progress=progress),
+                   r=embed_responses(test, responses_by, progress=progress),
+                   c=np.nan_to_num(test.completion_tokens, nan=0.0), present=test.present,
+                   empty=empty_answers(test), prompt_tokens=query_prompt_tokens(test))
+
+
+def train_set(bank: Bank, train: RecordMatrix, cost: np.ndarray, prices: tuple[np.ndarray, np.ndarray]) -> TrainSet:
+    """The train split as the calibration sees it: the bank's own arrays, nothing of the test split."""
+    return TrainSet(models=bank.models, datasets=list(train.datasets), e=np.asarray(bank.e),
+                    r=[np.asarray(r) for r in bank.r], v=bank.v, present=bank.present, c=bank.c,
+                    empty=empty_answers(train), prompt_tokens=query_prompt_tokens(train), cost=cost, prices=prices)
+
+
+def jisi_outcome(test: RecordMatrix, run: ReplayResult, cost: np.ndarray, threshold: float | None,
+                 note: str) -> M.Outcome:
+    return M.Outcome(*path_outcomes(run, np.where(test.present, test.score, 0.0), cost, threshold), note)
+
+
+def _average(outcome: M.Outcome, test: RecordMatrix) -> float:
+    labels = np.asarray(test.datasets)
+    return float(np.mean([outcome.correct[labels == d].mean() for d in np.unique(labels)]))
 
 
 def summarise(outcomes: dict[str, M.Outcome], datasets: list[str], boot: Bootstrap,
@@ -94,18 +131,57 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
                      response_embedder=EmbedderInfo.of(responses_by))
 
     t = time.perf_counter()
-    run = replay(bank, test, embedder, params, response_embedder=responses_by)
-    t_replay = time.perf_counter() - t
-
-    t = time.perf_counter()
+    queries = replayed_queries(test, embedder, responses_by)
+    t_embed = time.perf_counter() - t
     prices = metrics.load_prices(options.prices) if options.prices else {}
     cost, _ = metrics.cost_matrix(test.cost, test.prompt_tokens, test.completion_tokens, test.models, prices)
-    outcomes = M.baseline_outcomes(train, test, np.asarray(bank.e), run.e_test, run.retrieval_choice, cost,
+    p_in, p_out, _ = metrics.price_arrays(test.models, prices)
+    run = replay_queries(bank, queries, params, prices=(p_in, p_out), progress=True)
+    t_replay = time.perf_counter() - t - t_embed
+
+    t = time.perf_counter()
+    outcomes = M.baseline_outcomes(train, test, np.asarray(bank.e), queries.e, run.retrieval_choice, cost,
                                    selection.seed)
-    outcomes["jisi_route"] = M.route_outcome(test, run, run.route_choice, cost,
-                                             note="router-only: top-1 of the fine score g^f")
+    outcomes["jisi_route"] = jisi_outcome(test, run, cost, None, "router-only: top-1 of the fine score g^f")
+    points: dict[str, list[Point]] = {}
+    calibration, frontier_rows = None, []
+    if options.calibrate:
+        train_cost, _ = metrics.cost_matrix(train.cost, train.prompt_tokens, train.completion_tokens, train.models,
+                                            prices)
+        calibration = calibrate(train_set(bank, train, train_cost, (p_in, p_out)), params,
+                                objective=options.objective, folds=options.folds, settings=options.settings,
+                                seed=selection.seed)
+        chosen = params.with_overrides(calibration["params"])
+        tuned = replay_queries(bank, queries, chosen.with_overrides({"shortcut": None}), prices=(p_in, p_out),
+                               with_confidence=True, progress=True)
+        outcomes["jisi_route_calibrated"] = jisi_outcome(test, tuned, cost, None,
+                                                         "router-only with the train-CV choice")
+        outcomes["jisi_shortcut"] = jisi_outcome(test, tuned, cost, chosen.shortcut,
+                                                 f"the same, the leader alone when P >= {chosen.shortcut}")
+        points["jisi_shortcut"] = [Point("jisi_shortcut", float(np.nanmean(o.cost)), _average(o, test), f"p={p}")
+                                   for p in (0.5, 0.7, 0.9, 0.95, 0.99, 0.0)
+                                   for o in [jisi_outcome(test, tuned, cost, p, "")]]
+        for alpha in COST_WEIGHTS:
+            swept = tuned if alpha == chosen.cost_weight else replay_queries(
+                bank, queries, chosen.with_overrides({"shortcut": None, "cost_weight": alpha}), prices=(p_in, p_out),
+                with_confidence=True)
+            for shortcut in dict.fromkeys([chosen.shortcut, 0.0]):
+                o = jisi_outcome(test, swept, cost, shortcut, "")
+                frontier_rows.append({"cost_weight": alpha, "shortcut": shortcut, "average": _average(o, test),
+                                      "cost_per_query_usd": float(np.nanmean(o.cost)),
+                                      "calls_per_query": float(o.calls.mean())})
+        points["jisi_cost"] = [Point("jisi_cost", r["cost_per_query_usd"], r["average"],
+                                     f"alpha={r['cost_weight']}, shortcut={r['shortcut']}") for r in frontier_rows]
     boot = Bootstrap(test.datasets, options.resamples, seed=selection.seed)
-    methods, frontier = summarise(outcomes, test.datasets, boot, {})
+    methods, frontier = summarise(outcomes, test.datasets, boot, points)
+    explained = None
+    if options.explain:
+        best_choice = baselines.best_single_choice(train.score, train.present, test.present)
+        explained = explain(bank, test, queries, params, run, best_choice, boot, (p_in, p_out))
+    if frontier_rows:
+        methods["jisi_route_calibrated"]["cost_save"] = cost_save(
+            [Point("jisi_cost", r["cost_per_query_usd"], r["average"]) for r in frontier_rows],
+            Point("best_single", methods["best_single"]["cost_per_query_usd"], methods["best_single"]["average"]))
     t_methods = time.perf_counter() - t
     # the switch's real cost: candidates, extra final-set calls and the (estimated) aggregator call
     usd, calls, _ = metrics.jisi_cost(run.candidates, run.final_sets, run.aggregators, run.outcomes, cost,
@@ -113,6 +189,10 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     results = {
         "methods": methods,
         "not_replayable": M.NOT_REPLAYABLE,
+        **({"calibration": {k: v for k, v in calibration.items() if k != "tried"},
+            "cost_frontier": frontier_rows,
+            "operating_points": {name: [p.__dict__ for p in ps] for name, ps in points.items()}}
+           if calibration else {}),
         "pareto_frontier": [p.__dict__ for p in frontier],
         "jisi_switch": metrics.switch_summary(test.models, test.datasets, test.score, test.present,
                                               run.final_sets, run.aggregators, run.outcomes, calls, usd),
@@ -129,7 +209,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         },
         "timing": {
             "load_records_s": round(t_load, 2), "build_bank_s": round(t_build, 2),
-            "replay_s": round(t_replay, 2), "methods_s": round(t_methods, 2),
+            "embed_test_s": round(t_embed, 2), "replay_s": round(t_replay, 2), "methods_s": round(t_methods, 2),
             "total_s": round(time.perf_counter() - started, 2),
             **{k: round(v, 4) for k, v in run.timing.items()},
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -137,6 +217,12 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     }
     out.mkdir(parents=True, exist_ok=True)
     report.write_results(out, results)
+    if explained:
+        (out / "explain.json").write_text(json.dumps(report.plain(explained), indent=1) + "\n")
+        (out / "explain.md").write_text(explain_markdown(explained))
+    if calibration:
+        (out / "calibration.json").write_text(json.dumps(report.plain(calibration), indent=1) + "\n")
+        (out / "calibration.md").write_text(describe(calibration) + "\n")
     if options.plots:
         plots.plot_accuracy_vs_cost(results, out / "accuracy_vs_cost.png")
         plots.plot_model_selection(test.models, test.datasets, run.route_choice, run.final_sets,

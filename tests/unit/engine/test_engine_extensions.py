@@ -52,7 +52,7 @@ def test_lambda_zero_and_alpha_zero_are_the_papers_scores_exactly(seed):
     rng = np.random.default_rng(seed)
     view, live = view_and_live(v, present, c, r, a, rng)
     da = decide(a, view, live, paper)
-    db = decide(b, view, live, extended, prior=mu, cost=cost)
+    db = decide(b, view, live, extended, prior=mu)
     assert np.array_equal(da.mixed.gf, db.mixed.gf) and np.array_equal(da.final, db.final)
     assert da.outcome == db.outcome
 

@@ -1,0 +1,226 @@
+"""`jisi-bank calibrate`: the hyperparameters chosen by k-fold cross-validation over the TRAIN split only.
+
+Each fold's bank is the other folds (in memory, searched exactly); its queries are replayed through the same
+engine and the same per-query path as the gateway (replay.py), and a setting is scored by its mean fold
+accuracy (the Table 1 average over datasets). No test question is read here: the caller hands over the train
+split alone, and the test that guards it (tests/offline/test_calibration.py) fails if one leaks in.
+
+The search: the paper's defaults, then a seeded random sample of SEARCH_SPACE (documented in
+docs/evaluation.md, with what the train-CV research behind it found). The shortcut's threshold is chosen after
+the setting, from one replay that records every query's leader probability: the smallest number of calls
+whose mean fold accuracy is within SHORTCUT_MAX_LOSS of always fanning out.
+
+Objectives: `accuracy`, or `cost:ALPHA`, which fixes cost_weight at ALPHA (the Avengers-Pro trade-off) and
+chooses the rest for accuracy under it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+from tqdm import tqdm
+
+from app.engine import JiSiParams
+from bank_builder.evaluate.replay import MemoryBank, Queries, ReplayResult, replay_queries
+from bank_builder.evaluate.scores import calls_cost
+
+# the research (docs/evaluation.md, "Why it lost"): larger support sets and the prior did most; the fine stage
+# helped on mmlu-pro at beta 0.25 with a fine prior; K and t barely moved anything
+SEARCH_SPACE: dict[str, list[Any]] = {
+    "n_base": [25, 50, 100, 200],
+    "gamma": [0.8, 0.9, 0.95],
+    "lam": [0.0, 3.0, 10.0, 30.0, 100.0],
+    "lam_fine": [0.0, 10.0, 30.0],
+    "beta": [0.25, 0.5, 1.0],
+    "mix": [(0.5, 0.3, 0.2), (1.0, 0.0, 0.0), (0.34, 0.33, 0.33), (0.2, 0.6, 0.2)],  # (eps, sigma, delta)
+    "k": [2, 3, 4],
+    "t": [0.8, 0.9],  # read by the adaptive switch only: no recorded answer can score it (kept as drawn)
+    "from_candidates": [False, True],
+}
+SHORTCUT_THRESHOLDS: list[float | None] = [None, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.0]  # 0.0: always the leader
+SHORTCUT_MAX_LOSS = 0.0035  # dataset-average accuracy the shortcut may cost on the folds (0.35 point)
+
+
+def setting_params(base: JiSiParams, setting: dict[str, Any]) -> JiSiParams:
+    values = {k: v for k, v in setting.items() if k != "mix"}
+    if "mix" in setting:
+        values["eps"], values["sigma"], values["delta"] = setting["mix"]
+    return base.with_overrides(values)
+
+
+def sample_settings(n: int, seed: int, space: dict[str, list[Any]] = SEARCH_SPACE) -> list[dict[str, Any]]:
+    """The paper's defaults first, then up to n - 1 distinct seeded random draws from the grid."""
+    paper = JiSiParams()
+    first = {"n_base": paper.n_base, "gamma": paper.gamma, "lam": 0.0, "lam_fine": 0.0, "beta": paper.beta,
+             "mix": (paper.eps, paper.sigma, paper.delta), "k": paper.k, "t": paper.t, "from_candidates": False}
+    keys = list(space)
+    grid_size = int(np.prod([len(space[k]) for k in keys]))
+    rng = np.random.default_rng(seed)
+    out, seen = [first], {tuple(first[k] for k in keys)}
+    for _ in range(50 * n):
+        if len(out) >= min(n, grid_size):
+            break
+        draw = {k: space[k][rng.integers(len(space[k]))] for k in keys}
+        key = tuple(draw[k] for k in keys)
+        if key not in seen:
+            seen.add(key)
+            out.append(draw)
+    return out
+
+
+def stratified_folds(datasets: Sequence[str], k: int, seed: int) -> list[np.ndarray]:
+    """k folds of row positions, each dataset spread evenly (seeded)."""
+    labels = np.asarray(datasets)
+    k = max(2, min(k, int(min(np.unique(labels, return_counts=True)[1]))))
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [test for _, test in splitter.split(np.zeros(len(labels)), labels)]
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """The train split, embedded: all calibration ever sees."""
+
+    models: list[str]
+    datasets: list[str]
+    e: np.ndarray  # N x d query embeddings
+    r: list[np.ndarray]  # per model, N x d_r response embeddings
+    v: np.ndarray  # N x M scores
+    present: np.ndarray
+    c: np.ndarray  # completion tokens (0 where unknown)
+    empty: np.ndarray  # the recorded answer is empty
+    prompt_tokens: np.ndarray  # N
+    cost: np.ndarray  # N x M recorded (or priced) cost, NaN unknown
+    prices: tuple[np.ndarray, np.ndarray]  # per model USD per million input / output tokens, for the forecast
+
+
+@dataclass
+class Fold:
+    bank: MemoryBank  # the other folds
+    queries: Queries  # this fold's questions, with their recorded answers
+    score: np.ndarray
+    cost: np.ndarray
+    datasets: np.ndarray
+    prices: tuple[np.ndarray, np.ndarray]
+
+
+def make_folds(train: TrainSet, k: int, seed: int) -> list[Fold]:
+    folds = []
+    for rows in stratified_folds(train.datasets, k, seed):
+        rest = np.setdiff1d(np.arange(len(train.datasets)), rows)
+        bank = MemoryBank(train.models, train.e[rest], train.v[rest], train.present[rest], train.c[rest],
+                          [r[rest] for r in train.r])
+        queries = Queries(e=train.e[rows], r=[r[rows] for r in train.r], c=train.c[rows],
+                          present=train.present[rows], empty=train.empty[rows], prompt_tokens=train.prompt_tokens[rows])
+        folds.append(Fold(bank, queries, np.where(train.present[rows], train.v[rows], 0.0), train.cost[rows],
+                          np.asarray(train.datasets)[rows], train.prices))
+    return folds
+
+
+def _average(correct: np.ndarray, datasets: np.ndarray) -> float:
+    return float(np.mean([correct[datasets == d].mean() for d in np.unique(datasets)]))
+
+
+def path_outcomes(run: ReplayResult, score: np.ndarray, cost: np.ndarray,
+                  threshold: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(correct, cost, calls, unpriced calls) per query of the router-only path, with the shortcut taken where
+    the leader's probability is at least `threshold` (None: never)."""
+    n = len(run.route_choice)
+    take = np.zeros(n, bool) if threshold is None else np.nan_to_num(run.confidence, nan=0.0) >= threshold
+    choice = np.where(take, run.shortcut_choice, run.route_choice)
+    called = [run.shortcut_calls[q] if take[q] else np.unique(np.r_[run.candidates[q][run.candidates[q] >= 0],
+                                                                    run.route_choice[q]]) for q in range(n)]
+    usd, calls, unpriced = calls_cost(called, cost)
+    return score[np.arange(n), choice], usd, calls, unpriced
+
+
+def evaluate_setting(folds: list[Fold], params: JiSiParams,
+                     thresholds: Sequence[float | None] = (None,)) -> dict[Any, dict[str, Any]]:
+    """Per shortcut threshold: the fold-mean accuracy, its spread, cost and calls per query."""
+    per: dict[Any, list[tuple[float, float, float]]] = {t: [] for t in thresholds}
+    needs_confidence = any(t is not None for t in thresholds)
+    for fold in folds:
+        run = replay_queries(fold.bank, fold.queries, params, prices=fold.prices, with_confidence=needs_confidence)
+        for t in thresholds:
+            correct, usd, calls, _ = path_outcomes(run, fold.score, fold.cost, t)
+            per[t].append((_average(correct, fold.datasets), float(np.nanmean(usd)), float(calls.mean())))
+    return {t: {"accuracy": float(np.mean([a for a, _, _ in rows])), "accuracy_std": float(np.std([a for a, _, _ in rows])),
+                "folds": [a for a, _, _ in rows], "cost_per_query_usd": float(np.mean([c for _, c, _ in rows])),
+                "calls_per_query": float(np.mean([n for _, _, n in rows]))} for t, rows in per.items()}
+
+
+def parse_objective(objective: str) -> float | None:
+    """None for `accuracy`, ALPHA for `cost:ALPHA`."""
+    if objective == "accuracy":
+        return None
+    kind, _, value = objective.partition(":")
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = -1.0
+    if kind != "cost" or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"--objective must be accuracy or cost:ALPHA with ALPHA in [0, 1], got {objective!r}")
+    return alpha
+
+
+def calibrate(train: TrainSet, base: JiSiParams, *, objective: str = "accuracy", folds: int = 5,
+              settings: int = 40, seed: int = 42, progress: bool = True,
+              on_fold: Callable[[Fold], None] | None = None) -> dict[str, Any]:
+    """Choose the hyperparameters on the train split; returns calibration.json's content."""
+    alpha = parse_objective(objective)
+    fold_data = make_folds(train, folds, seed)
+    for fold in fold_data:
+        if on_fold is not None:
+            on_fold(fold)
+    drawn = sample_settings(settings, seed)
+    tried = []
+    bar = tqdm(drawn, desc="calibrating", unit="setting", disable=not progress)
+    for setting in bar:
+        params = setting_params(base, {**setting, **({"cost_weight": alpha} if alpha is not None else {})})
+        result = evaluate_setting(fold_data, params)[None]
+        tried.append({"setting": {k: list(v) if isinstance(v, tuple) else v for k, v in setting.items()}, **result})
+        bar.set_postfix(best=f"{100 * max(t['accuracy'] for t in tried):.2f}")
+    best = max(range(len(tried)), key=lambda i: (tried[i]["accuracy"], -tried[i]["calls_per_query"],
+                                                 -tried[i]["cost_per_query_usd"]))
+    chosen = setting_params(base, {**drawn[best], **({"cost_weight": alpha} if alpha is not None else {})})
+    by_threshold = evaluate_setting(fold_data, chosen, SHORTCUT_THRESHOLDS)
+    full = by_threshold[None]
+    allowed = [t for t in SHORTCUT_THRESHOLDS if t is not None
+               and by_threshold[t]["accuracy"] >= full["accuracy"] - SHORTCUT_MAX_LOSS]
+    threshold = min(allowed, key=lambda t: (by_threshold[t]["calls_per_query"], -by_threshold[t]["accuracy"])) \
+        if allowed else None
+    params = chosen.with_overrides({"shortcut": threshold})
+    ranked = sorted(tried, key=lambda t: -t["accuracy"])
+    return {
+        "objective": objective, "folds": len(fold_data), "seed": seed, "settings_tried": len(tried),
+        "train_queries": len(train.datasets), "search_space": {k: [list(x) if isinstance(x, tuple) else x for x in v]
+                                                             for k, v in SEARCH_SPACE.items()},
+        "shortcut_thresholds": SHORTCUT_THRESHOLDS, "shortcut_max_loss": SHORTCUT_MAX_LOSS,
+        "params": params.__dict__, "chosen": tried[best], "paper": tried[0],
+        "shortcut": {str(t): v for t, v in by_threshold.items()}, "top": ranked[:10], "tried": tried,
+    }
+
+
+def describe(calibration: dict[str, Any]) -> str:
+    """The report's table: the top settings with their fold spread, the paper's, and the shortcut."""
+    def row(t: dict[str, Any]) -> str:
+        s = t["setting"]
+        return (f"| {s['n_base']} | {s['gamma']} | {s['lam']:g} | {s['lam_fine']:g} | {s['beta']} | "
+                f"{'/'.join(f'{x:g}' for x in s['mix'])} | {s['k']} | {s['from_candidates']} | "
+                f"{100 * t['accuracy']:.2f} ± {100 * t['accuracy_std']:.2f} | {t['calls_per_query']:.2f} | "
+                f"{t['cost_per_query_usd']:.2e} |")
+    head = ["| N_base | γ | λ | λ_f | β | ε/σ/δ | K | from cand. | CV accuracy ± fold std | calls | cost/q |",
+            "|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|"]
+    lines = [f"Objective {calibration['objective']}: {calibration['settings_tried']} settings x "
+             f"{calibration['folds']} folds over {calibration['train_queries']} train questions.", "",
+             "Top settings:", "", *head, *(row(t) for t in calibration["top"]), "", "The paper's defaults:", "",
+             *head, row(calibration["paper"]), "", "The chosen setting with the confident shortcut:", "",
+             "| threshold | CV accuracy | calls/q | cost/q |", "|---:|---:|---:|---:|"]
+    for t, v in calibration["shortcut"].items():
+        lines.append(f"| {t} | {100 * v['accuracy']:.2f} | {v['calls_per_query']:.2f} | "
+                     f"{v['cost_per_query_usd']:.2e} |")
+    lines += ["", f"Chosen: {calibration['params']}"]
+    return "\n".join(lines)
+

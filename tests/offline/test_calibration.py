@@ -1,0 +1,103 @@
+"""`jisi-bank calibrate` and `evaluate --calibrate`: the choice is made on the train split alone (these tests
+fail if a test question is embedded or replayed during calibration), it lands in the bank's manifest, and the
+evaluator reports the calibrated router, its shortcut and the cost-weight frontier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bank_builder.evaluate.calibrate as calibrate_module
+import bank_builder.evaluate.calibrate_cli as calibrate_cli
+from app.bank.format import read_manifest
+from app.engine import JiSiParams
+from bank_builder.cli import main
+from bank_builder.evaluate.calibrate import SEARCH_SPACE, sample_settings, setting_params, stratified_folds
+from bank_builder.evaluate.split import train_test_split
+from bank_builder.records import load_records
+from tests.conftest import PRICES
+
+SMALL = ["--max-queries", "30", "--settings", "6", "--folds", "3"]
+
+
+def test_the_search_starts_from_the_papers_defaults_and_is_seeded():
+    first, *rest = sample_settings(10, seed=1)
+    assert setting_params(JiSiParams(), first) == JiSiParams()
+    assert sample_settings(10, seed=1) == [first, *rest] != sample_settings(10, seed=2)
+    assert all(all(s[k] in SEARCH_SPACE[k] for k in SEARCH_SPACE) for s in rest) and len(rest) == 9
+    folds = stratified_folds(["a"] * 9 + ["b"] * 6, 3, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(15)) and all(len(f) == 5 for f in folds)
+
+
+def test_calibrate_embeds_no_test_question(tmp_path, mini_bench, embedding_cache_dir, monkeypatch):
+    embedded: list[str] = []
+    real = calibrate_cli.embed_unique
+
+    def spy(embedder, texts, *, progress):
+        embedded.extend(texts)
+        return real(embedder, texts, progress=progress)
+
+    monkeypatch.setattr(calibrate_cli, "embed_unique", spy)
+    out = tmp_path / "cal"
+    assert main(["calibrate", "--records", str(mini_bench), "--out", str(out), "--cache-dir", str(embedding_cache_dir),
+                 "--prices", str(PRICES), *SMALL]) == 0
+    matrix = load_records([mini_bench], max_queries_per_dataset=30, seed=42)
+    train, test = train_test_split(matrix.datasets, matrix.indices, seed=42, train_ratio=0.7)
+    test_questions = {matrix.queries[i] for i in test} - {matrix.queries[i] for i in train}
+    assert embedded and not test_questions & set(embedded)  # the test part was never embedded
+    assert set(embedded) == {matrix.queries[i] for i in train}
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["train_queries"] == len(train) and calibration["settings_tried"] == 6
+    assert len(calibration["tried"]) == 6 and calibration["top"][0]["accuracy"] >= calibration["paper"]["accuracy"]
+    assert set(calibration["params"]) >= {"n_base", "lam", "shortcut"} and "Top settings" in (out / "calibration.md").read_text()
+
+
+def test_evaluate_calibrate_replays_only_train_questions_while_calibrating(tmp_path, mini_bench, embedding_cache_dir,
+                                                                          monkeypatch):
+    replayed: list[np.ndarray] = []
+    real = calibrate_module.replay_queries
+
+    def spy(bank, queries, params, **kwargs):
+        replayed.append(np.asarray(queries.e))
+        return real(bank, queries, params, **kwargs)
+
+    monkeypatch.setattr(calibrate_module, "replay_queries", spy)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--records", str(mini_bench), "--out", str(out), "--cache-dir", str(embedding_cache_dir),
+                 "--prices", str(PRICES), "--calibrate", "--no-plots", "--resamples", "200", *SMALL]) == 0
+    from app.bank.reader import Bank
+
+    bank_rows = {row.tobytes() for row in np.asarray(Bank.load(out / "bank").e)}
+    assert replayed and all(row.tobytes() in bank_rows for e in replayed for row in e)
+    results = json.loads((out / "results.json").read_text())
+    methods = results["methods"]
+    assert {"jisi_route_calibrated", "jisi_shortcut"} <= set(methods)
+    assert 1.0 <= methods["jisi_shortcut"]["calls_per_query"] <= methods["jisi_route_calibrated"]["calls_per_query"]
+    frontier = results["cost_frontier"]
+    assert {r["cost_weight"] for r in frontier} >= {0.0, 0.5, 1.0}
+    assert set(frontier[0]) >= {"cost_weight", "average", "cost_per_query_usd", "calls_per_query"}
+    cheapest = min(frontier, key=lambda r: r["cost_per_query_usd"])
+    assert cheapest["cost_weight"] >= 0.5  # more weight on cost, less cost
+    assert results["calibration"]["objective"] == "accuracy"
+
+
+def test_calibrate_bank_writes_the_choice_into_the_manifest(tmp_path, mini_bench, embedding_cache_dir):
+    bank = tmp_path / "bank"
+    assert main(["build", "--records", str(mini_bench), "--out", str(bank), "--max-queries", "30",
+                 "--cache-dir", str(embedding_cache_dir)]) == 0
+    assert read_manifest(bank).calibration is None
+    assert main(["calibrate", "--records", str(mini_bench), "--out", str(tmp_path / "cal"), "--bank", str(bank),
+                 "--cache-dir", str(embedding_cache_dir), "--objective", "cost:0.3", *SMALL]) == 0
+    calibration = read_manifest(bank).calibration
+    assert calibration["objective"] == "cost:0.3" and calibration["params"]["cost_weight"] == 0.3
+    assert "max_support" not in calibration["params"] and 0 <= calibration["cv_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("objective", ["speed", "cost:2", "cost:cheap"])
+def test_a_bad_objective_is_a_clear_error(tmp_path, mini_bench, objective, capsys):
+    assert main(["calibrate", "--records", str(mini_bench), "--out", str(tmp_path), "--objective", objective,
+                 "--max-queries", "5"]) == 2
+    assert "--objective must be accuracy or cost:ALPHA" in capsys.readouterr().err
