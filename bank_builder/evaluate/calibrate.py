@@ -41,7 +41,9 @@ SEARCH_SPACE: dict[str, list[Any]] = {
     "from_candidates": [False, True],
 }
 SHORTCUT_THRESHOLDS: list[float | None] = [None, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.0]  # 0.0: always the leader
-SHORTCUT_MAX_LOSS = 0.0035  # dataset-average accuracy the shortcut may cost on the folds (0.35 point)
+# dataset-average accuracy the shortcut may cost on the folds: 0.35 point, inside the 0.5-point budget of the
+# issue so that the optimism of picking one threshold of eight on the same folds still leaves room on test
+SHORTCUT_MAX_LOSS = 0.0035
 
 
 def setting_params(base: JiSiParams, setting: dict[str, Any]) -> JiSiParams:
@@ -193,6 +195,13 @@ def calibrate(train: TrainSet, base: JiSiParams, *, objective: str = "accuracy",
         if allowed else None
     params = chosen.with_overrides({"shortcut": threshold})
     ranked = sorted(tried, key=lambda t: -t["accuracy"])
+    # the choice against the paper's defaults on the same folds; the best of n settings gains about
+    # sqrt(2 ln n) standard errors from noise alone, so a gain below that is not told apart from noise
+    # (measured: mini-bench +1.59 against 1.93 and lost 5 points on test; zeroeval +1.43 against 1.30 and
+    # mmlupro +1.78 against 0.57 held on test)
+    gain = np.asarray(tried[best]["folds"]) - np.asarray(tried[0]["folds"])
+    se = float(gain.std(ddof=1) / np.sqrt(gain.size)) if gain.size > 1 else float("inf")
+    noise = float(np.sqrt(2 * np.log(max(len(tried), 2))) * se)
     return {
         "objective": objective, "folds": len(fold_data), "seed": seed, "settings_tried": len(tried),
         "train_queries": len(train.datasets), "search_space": {k: [list(x) if isinstance(x, tuple) else x for x in v]
@@ -200,7 +209,15 @@ def calibrate(train: TrainSet, base: JiSiParams, *, objective: str = "accuracy",
         "shortcut_thresholds": SHORTCUT_THRESHOLDS, "shortcut_max_loss": SHORTCUT_MAX_LOSS,
         "params": params.__dict__, "chosen": tried[best], "paper": tried[0],
         "shortcut": {str(t): v for t, v in by_threshold.items()}, "top": ranked[:10], "tried": tried,
+        "gain_over_paper": {"mean": float(gain.mean()), "standard_error": se, "noise_level": noise,
+                            "distinguishable": bool(gain.mean() > noise)},
     }
+
+
+# said when the folds cannot tell the choice from the paper's defaults (see gain_over_paper in calibrate)
+NOT_DISTINGUISHABLE = ("WARNING: the gain is within what noise gives: on this few questions the folds cannot tell "
+                       "the settings apart, and the choice may be noise. Prefer the paper's defaults (do not pass "
+                       "--bank) or more records.")
 
 
 def describe(calibration: dict[str, Any]) -> str:
@@ -221,6 +238,13 @@ def describe(calibration: dict[str, Any]) -> str:
     for t, v in calibration["shortcut"].items():
         lines.append(f"| {t} | {100 * v['accuracy']:.2f} | {v['calls_per_query']:.2f} | "
                      f"{v['cost_per_query_usd']:.2e} |")
+    gain = calibration.get("gain_over_paper")
+    if gain:
+        lines += ["", f"The choice against the paper's defaults on the same folds: {100 * gain['mean']:+.2f} points "
+                      f"(standard error {100 * gain['standard_error']:.2f}; the best of "
+                      f"{calibration['settings_tried']} settings gains {100 * gain['noise_level']:.2f} from noise alone)."]
+        if not gain["distinguishable"]:
+            lines += [NOT_DISTINGUISHABLE]
     lines += ["", f"Chosen: {calibration['params']}"]
     return "\n".join(lines)
 

@@ -19,7 +19,8 @@ OTHER = "other"
 def plot_accuracy_vs_cost(results: Mapping[str, Any], path: str | Path) -> Path:
     """Average accuracy (%) against cost per query: one point per method with its 95 % interval as an error
     bar, the operating points of the methods that have a knob (results["operating_points"]) as lines, and the
-    accuracy-cost Pareto frontier as a dashed step.
+    accuracy-cost Pareto frontier as a dashed step. Left: everything; right: the same, zoomed on the routers
+    around best single (the full view crowds them into one spot: 20-odd methods within ~3 points).
 
     The x axis is logarithmic when the positive costs span more than 10x; a zero-cost method (all calls
     unpriced) is then drawn at the smallest positive cost and its label says so.
@@ -28,39 +29,74 @@ def plot_accuracy_vs_cost(results: Mapping[str, Any], path: str | Path) -> Path:
     cost = np.array([_f(results["methods"][m]["cost_per_query_usd"]) for m in names])
     acc = np.array([_f(results["methods"][m]["average"]) * 100 for m in names])
     ci = [results["methods"][m].get("ci95") for m in names]
-    positive = cost[np.isfinite(cost) & (cost > 0)]
-    log_x = positive.size > 0 and positive.max() / positive.min() > 10
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    sweeps = results.get("operating_points") or {}
     frontier = results.get("pareto_frontier") or []
-    if frontier:
-        fx = [max(f["cost"], positive.min()) if log_x else f["cost"] for f in frontier]
-        ax.step(fx, [100 * f["accuracy"] for f in frontier], where="post", color="0.6", linestyle="--",
-                linewidth=1, label="Pareto frontier", zorder=1)
-    for method, points in (results.get("operating_points") or {}).items():
-        ax.plot([p["cost"] for p in points], [100 * p["accuracy"] for p in points], marker=".", linewidth=1,
-                color="tab:orange", alpha=0.8, label=f"{method} (sweep)", zorder=2)
-    for name, x, y, interval in zip(names, cost, acc, ci):
-        if not (np.isfinite(x) and np.isfinite(y)):
-            continue
-        label = name
-        if log_x and x <= 0:
-            x, label = positive.min(), f"{name} (cost 0/unpriced)"
-        color = "tab:red" if name.startswith("jisi") else "tab:blue"
-        if interval:
-            ax.errorbar([x], [y], yerr=[[y - 100 * interval[0]], [100 * interval[1] - y]], fmt="o", ms=5,
-                        color=color, ecolor=color, elinewidth=1, capsize=2, zorder=3)
-        else:
-            ax.scatter([x], [y], s=30, color=color, zorder=3)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel("cost per query (USD" + (", log scale)" if log_x else ")"))
-    ax.set_ylabel("average accuracy over datasets (%), 95 % interval")
-    ax.set_title("Accuracy vs cost")
-    ax.grid(True, alpha=0.3)
-    if frontier or results.get("operating_points"):
-        ax.legend(fontsize=7, loc="lower right")
+    every_cost = np.array([*cost, *(p["cost"] for ps in sweeps.values() for p in ps), *(f["cost"] for f in frontier)],
+                          dtype=np.float64)
+    positive = every_cost[np.isfinite(every_cost) & (every_cost > 0)]
+    log_x = positive.size > 0 and positive.max() / positive.min() > 10
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    for ax, zoom in zip(axes, (False, True)):
+        if frontier:
+            fx = [max(f["cost"], positive.min()) if log_x else f["cost"] for f in frontier]
+            ax.step(fx, [100 * f["accuracy"] for f in frontier], where="post", color="0.6", linestyle="--",
+                    linewidth=1, label="Pareto frontier", zorder=1)
+        for (label, xs, ys), color in zip(_sweep_lines(results), ("tab:orange", "tab:green", "tab:purple", "tab:brown")):
+            ax.plot(xs, ys, marker=".", linewidth=1, color=color, alpha=0.8, label=label, zorder=2)
+        for name, x, y, interval in zip(names, cost, acc, ci):
+            if not (np.isfinite(x) and np.isfinite(y)):
+                continue
+            label = name
+            if log_x and x <= 0:
+                x, label = positive.min(), f"{name} (cost 0/unpriced)"
+            color = "tab:red" if name.startswith("jisi") else "tab:blue"
+            if interval:
+                ax.errorbar([x], [y], yerr=[[y - 100 * interval[0]], [100 * interval[1] - y]], fmt="o", ms=5,
+                            color=color, ecolor=color, elinewidth=1, capsize=2, zorder=3)
+            else:
+                ax.scatter([x], [y], s=30, color=color, zorder=3)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, clip_on=True)
+        if log_x:
+            ax.set_xscale("log")
+        if zoom and "best_single" in names:
+            _zoom(ax, names, cost, acc)
+        ax.set_xlabel("cost per query (USD" + (", log scale)" if log_x else ")"))
+        ax.set_ylabel("average accuracy over datasets (%), 95 % interval")
+        ax.set_title("Accuracy vs cost" + (": around best single" if zoom else ""))
+        ax.grid(True, alpha=0.3)
+        if frontier or sweeps:
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
     return _save(fig, path)
+
+
+def _sweep_lines(results: Mapping[str, Any]) -> list[tuple[str, list[float], list[float]]]:
+    """One line per knob: the shortcut threshold's sweep, and the cost weight α's, one line per shortcut
+    setting it was replayed with (from cost_frontier, which names both), each in the order of its knob."""
+    lines = []
+    for method, points in (results.get("operating_points") or {}).items():
+        if method == "jisi_cost" and results.get("cost_frontier"):
+            continue
+        points = sorted(points, key=lambda p: p["cost"])
+        lines.append((f"{method} (sweep)", [p["cost"] for p in points], [100 * p["accuracy"] for p in points]))
+    rows = results.get("cost_frontier") or []
+    for shortcut in dict.fromkeys(r["shortcut"] for r in rows):
+        line = sorted((r for r in rows if r["shortcut"] == shortcut), key=lambda r: r["cost_weight"])
+        lines.append((f"cost weight α sweep, shortcut p={shortcut}", [r["cost_per_query_usd"] for r in line],
+                      [100 * r["average"] for r in line]))
+    return lines
+
+
+def _zoom(ax: Any, names: list[str], cost: np.ndarray, acc: np.ndarray) -> None:
+    """Limits around the methods within 6 points of best single (oracle and random left out)."""
+    best = acc[names.index("best_single")]
+    near = [i for i, n in enumerate(names) if n not in ("oracle", "random") and np.isfinite(acc[i])
+            and abs(acc[i] - best) <= 6 and np.isfinite(cost[i]) and cost[i] > 0]
+    if not near:
+        return
+    xs, ys = cost[near], acc[near]
+    ax.set_xlim(xs.min() / 1.6, xs.max() * 1.6)
+    ax.set_ylim(ys.min() - 2.5, ys.max() + 2.0)
 
 
 def _f(x: Any) -> float:

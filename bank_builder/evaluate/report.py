@@ -172,12 +172,53 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     if results.get("not_replayable"):
         out += ["## Not replayable offline", "",
                 *(f"- {name}: {why}" for name, why in results["not_replayable"].items()), ""]
+    out += _cost_sections(results)
     out += [
         "## Support set", "",
         f"- mean size: {_num(sup['mean_size'], 1)}; cap: {sup['cap']}; "
         f"cap binding on {_pct(sup['cap_binding_share'])} % of queries", "",
     ]
+    timing = results["timing"]
+    out += ["## Timing", "",
+            "- " + "; ".join(f"{k} {v}" for k, v in timing.items()), ""]
     return "\n".join(out)
+
+
+def _cost_sections(results: Mapping[str, Any]) -> list[str]:
+    """The cost weight α's operating points against best single, then the accuracy-cost frontier."""
+    best = results["methods"].get("best_single")
+    out: list[str] = []
+    sc = results.get("shortcut")
+    if sc:
+        change = sc["accuracy_change"]
+        out += ["## The confident shortcut", "",
+                f"- threshold p (chosen on the train folds): {sc['threshold']}; taken on {_pct(sc['share'])} % of the "
+                "test questions",
+                f"- calls/query: {_num(sc['calls_per_query'])} (always fanning out: "
+                f"{_num(sc['calls_per_query_without'])})",
+                f"- accuracy change against always fanning out: {100 * change['mean']:+.2f} points "
+                f"{_interval(change['ci95'])}", ""]
+    rows = results.get("cost_frontier") or []
+    if rows and best:
+        b_acc, b_cost = best["average"], best["cost_per_query_usd"]
+        table = [[_num(r["cost_weight"]), "-" if r["shortcut"] is None else _num(r["shortcut"]), _pct(r["average"]),
+                  f"{100 * (r['average'] - b_acc):+.2f}", _usd(r["cost_per_query_usd"]),
+                  "-" if not b_cost else f"{100 * r['cost_per_query_usd'] / b_cost:.0f}", _num(r["calls_per_query"])]
+                 for r in rows]
+        out += ["## Accuracy against cost (the cost weight α)", "",
+                "Each row replays the calibrated setting with s_cost weighted by α in the coarse score and the",
+                "shortcut threshold p (α and p are swept here for the frontier; the chosen setting's were fixed on",
+                "the train folds). Cost relative to best single in %.", "",
+                *_md_table(["α", "shortcut p", "Avg", "Δ vs best_single", "cost/query (USD)", "cost % of best",
+                            "calls/query"], table), ""]
+    frontier = results.get("pareto_frontier") or []
+    if frontier:
+        out += ["## Accuracy-cost frontier", "",
+                "The non-dominated points over every method and operating point (cheapest first).", "",
+                *_md_table(["method", "point", "cost/query (USD)", "Avg"],
+                           [[p["method"], p.get("label") or "-", _usd(p["cost"]), _pct(p["accuracy"])]
+                            for p in frontier]), ""]
+    return out
 
 
 def write_results(out_dir: str | Path, results: Mapping[str, Any]) -> tuple[Path, Path]:

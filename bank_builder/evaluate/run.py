@@ -82,6 +82,18 @@ def _average(outcome: M.Outcome, test: RecordMatrix) -> float:
     return float(np.mean([outcome.correct[labels == d].mean() for d in np.unique(labels)]))
 
 
+def shortcut_summary(run: ReplayResult, threshold: float | None, outcomes: dict[str, M.Outcome],
+                     boot: Bootstrap) -> dict[str, Any]:
+    """What the confident shortcut did on the test questions: the share it fired on, the calls with and without
+    it, and its paired accuracy change against the same setting always fanning out."""
+    fired = np.zeros(len(run.route_choice), bool) if threshold is None else \
+        np.nan_to_num(run.confidence, nan=0.0) >= threshold
+    on, off = outcomes["jisi_shortcut"], outcomes["jisi_route_calibrated"]
+    return {"threshold": threshold, "share": float(fired.mean()), "calls_per_query": float(on.calls.mean()),
+            "calls_per_query_without": float(off.calls.mean()),
+            "accuracy_change": boot.paired(on.correct, off.correct)}
+
+
 def summarise(outcomes: dict[str, M.Outcome], datasets: list[str], boot: Bootstrap,
               points: dict[str, list[Point]]) -> tuple[dict[str, dict[str, Any]], list[Point]]:
     """Each method's accuracy (with its interval), cost and calls, its paired difference to best_single and
@@ -148,9 +160,11 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     if options.calibrate:
         train_cost, _ = metrics.cost_matrix(train.cost, train.prompt_tokens, train.completion_tokens, train.models,
                                             prices)
+        t_cal = time.perf_counter()
         calibration = calibrate(train_set(bank, train, train_cost, (p_in, p_out)), params,
                                 objective=options.objective, folds=options.folds, settings=options.settings,
                                 seed=selection.seed)
+        calibration["wall_s"] = round(time.perf_counter() - t_cal, 1)
         chosen = params.with_overrides(calibration["params"])
         tuned = replay_queries(bank, queries, chosen.with_overrides({"shortcut": None}), prices=(p_in, p_out),
                                with_confidence=True, progress=True)
@@ -174,10 +188,13 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
                                      f"alpha={r['cost_weight']}, shortcut={r['shortcut']}") for r in frontier_rows]
     boot = Bootstrap(test.datasets, options.resamples, seed=selection.seed)
     methods, frontier = summarise(outcomes, test.datasets, boot, points)
+    shortcut = shortcut_summary(tuned, chosen.shortcut, outcomes, boot) if calibration else None
     explained = None
     if options.explain:
         best_choice = baselines.best_single_choice(train.score, train.present, test.present)
+        t_ex = time.perf_counter()
         explained = explain(bank, test, queries, params, run, best_choice, boot, (p_in, p_out))
+        explained["wall_s"] = round(time.perf_counter() - t_ex, 1)
     if frontier_rows:
         methods["jisi_route_calibrated"]["cost_save"] = cost_save(
             [Point("jisi_cost", r["cost_per_query_usd"], r["average"]) for r in frontier_rows],
@@ -193,6 +210,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
             "cost_frontier": frontier_rows,
             "operating_points": {name: [p.__dict__ for p in ps] for name, ps in points.items()}}
            if calibration else {}),
+        **({"shortcut": shortcut} if shortcut else {}),
         "pareto_frontier": [p.__dict__ for p in frontier],
         "jisi_switch": metrics.switch_summary(test.models, test.datasets, test.score, test.present,
                                               run.final_sets, run.aggregators, run.outcomes, calls, usd),

@@ -5,7 +5,6 @@ evaluator reports the calibrated router, its shortcut and the cost-weight fronti
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,9 @@ import bank_builder.evaluate.calibrate_cli as calibrate_cli
 from app.bank.format import read_manifest
 from app.engine import JiSiParams
 from bank_builder.cli import main
-from bank_builder.evaluate.calibrate import SEARCH_SPACE, sample_settings, setting_params, stratified_folds
+from bank_builder.evaluate.calibrate import (
+    NOT_DISTINGUISHABLE, SEARCH_SPACE, describe, sample_settings, setting_params, stratified_folds,
+)
 from bank_builder.evaluate.split import train_test_split
 from bank_builder.records import load_records
 from tests.conftest import PRICES
@@ -82,6 +83,20 @@ def test_evaluate_calibrate_replays_only_train_questions_while_calibrating(tmp_p
     cheapest = min(frontier, key=lambda r: r["cost_per_query_usd"])
     assert cheapest["cost_weight"] >= 0.5  # more weight on cost, less cost
     assert results["calibration"]["objective"] == "accuracy"
+    gain = results["calibration"]["gain_over_paper"]  # the same folds: chosen minus the paper's defaults
+    chosen, paper = results["calibration"]["chosen"], results["calibration"]["paper"]
+    assert gain["mean"] == pytest.approx(chosen["accuracy"] - paper["accuracy"]) and gain["mean"] >= 0
+    assert gain["distinguishable"] == (gain["mean"] > gain["noise_level"])
+    shortcut = results["shortcut"]  # what the shortcut did on test, against the same setting fanning out
+    assert 0.0 <= shortcut["share"] <= 1.0
+    assert shortcut["calls_per_query"] == methods["jisi_shortcut"]["calls_per_query"]
+    assert shortcut["calls_per_query_without"] == methods["jisi_route_calibrated"]["calls_per_query"]
+    change = shortcut["accuracy_change"]
+    assert change["mean"] == pytest.approx(methods["jisi_shortcut"]["average"]
+                                           - methods["jisi_route_calibrated"]["average"])
+    assert change["ci95"][0] <= change["mean"] <= change["ci95"][1]
+    markdown = (out / "results.md").read_text()
+    assert "## The confident shortcut" in markdown and "## Accuracy against cost" in markdown
 
 
 def test_calibrate_bank_writes_the_choice_into_the_manifest(tmp_path, mini_bench, embedding_cache_dir):
@@ -101,3 +116,17 @@ def test_a_bad_objective_is_a_clear_error(tmp_path, mini_bench, objective, capsy
     assert main(["calibrate", "--records", str(mini_bench), "--out", str(tmp_path), "--objective", objective,
                  "--max-queries", "5"]) == 2
     assert "--objective must be accuracy or cost:ALPHA" in capsys.readouterr().err
+
+
+def test_a_gain_within_noise_is_said_so():
+    setting = {"n_base": 50, "gamma": 0.95, "lam": 0.0, "lam_fine": 0.0, "beta": 0.5, "mix": [0.5, 0.3, 0.2], "k": 3,
+               "from_candidates": False}
+    row = {"setting": setting, "accuracy": 0.8, "accuracy_std": 0.05, "calls_per_query": 3.0,
+           "cost_per_query_usd": 1e-3}
+    calibration = {"objective": "accuracy", "settings_tried": 40, "folds": 5, "train_queries": 315, "top": [row],
+                   "paper": row, "shortcut": {"None": row}, "params": {},
+                   "gain_over_paper": {"mean": 0.0159, "standard_error": 0.0071, "noise_level": 0.0193,
+                                       "distinguishable": False}}
+    assert NOT_DISTINGUISHABLE in describe(calibration)
+    calibration["gain_over_paper"] |= {"mean": 0.0178, "noise_level": 0.0057, "distinguishable": True}
+    assert NOT_DISTINGUISHABLE not in describe(calibration) and "+1.78 points" in describe(calibration)
