@@ -102,6 +102,17 @@ def response_embedder_settings(args: argparse.Namespace) -> EmbedderSettings | N
     return settings.model_copy(update={"max_seq_length": None}) if every_token else settings
 
 
+def _add_replay_options(parser: argparse.ArgumentParser, *, out: str, param: str, split: str) -> None:
+    """What evaluate and calibrate share: the records, the embedders, the output folder, prices, fixed
+    parameters and the split; the help texts say what each command does with them."""
+    _add_record_options(parser)
+    _add_embedder_options(parser)
+    parser.add_argument("--out", required=True, type=Path, help=out)
+    parser.add_argument("--prices", type=Path, help="prices file (e.g. ../shared/data/prices.json) for null costs")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help=param)
+    parser.add_argument("--split", choices=["given", "random"], default=None, help=split)
+
+
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("calibration (bank_builder/evaluate/calibrate.py)")
     group.add_argument("--objective", default="accuracy", metavar="accuracy|cost:ALPHA",
@@ -298,15 +309,10 @@ def parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     ev = sub.add_parser("evaluate", help="replay the test split through the engine and compare with baselines")
-    _add_record_options(ev)
-    _add_embedder_options(ev)
-    ev.add_argument("--out", required=True, type=Path, help="folder for results.json, results.md and plots")
-    ev.add_argument("--prices", type=Path, help="prices file (e.g. ../shared/data/prices.json) for null costs")
-    ev.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                    help="override a JiSi hyperparameter, e.g. --param k=3 --param t=0.8 (repeatable)")
-    ev.add_argument("--split", choices=["given", "random"], default=None,
-                    help="given: the records' own train/test split; random: the paper's seeded per-dataset "
-                         "split (--train-ratio). Default: given when every dataset has a train and a test split")
+    _add_replay_options(ev, out="folder for results.json, results.md and plots",
+                        param="override a JiSi hyperparameter, e.g. --param k=3 --param t=0.8 (repeatable)",
+                        split="given: the records' own train/test split; random: the paper's seeded per-dataset "
+                              "split (--train-ratio). Default: given when every dataset has a train and a test split")
     ev.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples for the intervals")
     ev.add_argument("--no-plots", action="store_true")
     ev.add_argument("--calibrate", action="store_true",
@@ -318,15 +324,10 @@ def parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     cal = sub.add_parser("calibrate", help="choose the hyperparameters by k-fold cross-validation on the train split")
-    _add_record_options(cal)
-    _add_embedder_options(cal)
-    cal.add_argument("--out", required=True, type=Path, help="folder for calibration.json and calibration.md")
+    _add_replay_options(cal, out="folder for calibration.json and calibration.md",
+                        param="fixed parameters the search starts from (repeatable)",
+                        split="which records are the train split (as for evaluate); only those are read")
     cal.add_argument("--bank", type=Path, help="write the choice into this bank's manifest (its defaults)")
-    cal.add_argument("--prices", type=Path, help="prices file (e.g. ../shared/data/prices.json) for null costs")
-    cal.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="fixed parameters the search starts from (repeatable)")
-    cal.add_argument("--split", choices=["given", "random"], default=None,
-                     help="which records are the train split (as for evaluate); only those are read")
     _add_calibration_options(cal)
     cal.set_defaults(func=cmd_calibrate)
 
