@@ -9,6 +9,7 @@ cost of building a bank. Prints a markdown section and writes it into docs/bench
     .venv/bin/python -m bench.bank_scale --sizes 10000 --no-write
 
 Embeddings: MiniLM cannot embed 1M texts here, so the bank is synthetic around real ones (see `synthesize`).
+Over 300 lines: a benchmark script, its synthesis, measurement and report kept in one file to be read as one.
 """
 
 from __future__ import annotations

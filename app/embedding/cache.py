@@ -9,6 +9,9 @@ Lookups use one sorted key array over all shards (searchsorted) plus a dict for 
 built; vectors are read from memory-mapped shards. Small writes (online queries) are buffered until
 `flush_rows` rows so the folder does not fill with tiny files; `flush()`/`close()` write the rest, and
 small shards left over from earlier runs are merged when the cache is opened.
+
+Over 300 lines on purpose: the shard format, its crash-safe writes and its merged lookups are one invariant
+(a key is found iff both files of its shard are complete) and are read together.
 """
 
 from __future__ import annotations
