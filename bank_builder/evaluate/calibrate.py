@@ -27,7 +27,7 @@ from app.engine import JiSiParams
 from bank_builder.evaluate.replay import MemoryBank, Queries, ReplayResult, replay_queries
 from bank_builder.evaluate.scores import calls_cost
 
-# the research (docs/evaluation.md, "Why it lost"): larger support sets and the prior did most; the fine stage
+# the research (docs/evaluation.md, "Why the paper's defaults lost"): larger support sets and the prior did most; the fine stage
 # helped on mmlu-pro at beta 0.25 with a fine prior; K and t barely moved anything
 SEARCH_SPACE: dict[str, list[Any]] = {
     "n_base": [25, 50, 100, 200],
