@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -14,6 +15,7 @@ import numpy as np  # noqa: E402
 
 TOP_N = 10  # models shown by name; the rest are one 'other' bar so 50 models stay legible
 OTHER = "other"
+SWEEP_COLOURS = ("tab:orange", "tab:green", "tab:purple", "tab:brown")  # cycled: a knob line is never dropped
 
 
 def plot_accuracy_vs_cost(results: Mapping[str, Any], path: str | Path) -> Path:
@@ -41,7 +43,7 @@ def plot_accuracy_vs_cost(results: Mapping[str, Any], path: str | Path) -> Path:
             fx = [max(f["cost"], positive.min()) if log_x else f["cost"] for f in frontier]
             ax.step(fx, [100 * f["accuracy"] for f in frontier], where="post", color="0.6", linestyle="--",
                     linewidth=1, label="Pareto frontier", zorder=1)
-        for (label, xs, ys), color in zip(_sweep_lines(results), ("tab:orange", "tab:green", "tab:purple", "tab:brown")):
+        for (label, xs, ys), color in zip(_sweep_lines(results), itertools.cycle(SWEEP_COLOURS)):
             ax.plot(xs, ys, marker=".", linewidth=1, color=color, alpha=0.8, label=label, zorder=2)
         for name, x, y, interval in zip(names, cost, acc, ci):
             if not (np.isfinite(x) and np.isfinite(y)):
