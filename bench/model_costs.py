@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=10, help="models listed (most accurate first)")
     args = parser.parse_args()
     matrix = RecordSelection(paths=(args.records,)).load()
-    train_rows, _, kind = choose_split(matrix.datasets, matrix.splits, matrix.indices, None, seed=42, train_ratio=0.7)
+    train_rows, _, kind = choose_split(matrix.datasets, matrix.splits, matrix.indices, None, seed=42, train_ratio=0.7,
+                                     queries=matrix.queries)
     print(f"split: {kind}; {len(train_rows)} train questions")
     print("\n".join(report(matrix.subset(train_rows), args.prices, args.cap, args.top)))
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bank_builder.evaluate import trained
-from bank_builder.evaluate.split import choose_split, given_split, has_given_split
+from bank_builder.evaluate.split import choose_split, duplicate_rows, given_split, has_given_split, train_test_split
 from bank_builder.evaluate.stats import (
     Bootstrap, Point, cost_save, gap_to_oracle, pareto_distance, pareto_frontier, relative_gain,
 )
@@ -145,3 +145,34 @@ def test_a_dataset_without_both_splits_is_a_clear_error_or_falls_back_to_random(
         choose_split(datasets, splits, np.arange(4), "given")
     _, _, kind = choose_split(datasets, splits, np.arange(4), None)
     assert kind == "random"
+
+
+# ---------------------------------------------------------------- the random split keeps duplicates together
+
+
+def test_identical_questions_of_a_dataset_land_on_one_side_of_the_random_split():
+    n = 200
+    datasets = ["a"] * n + ["b"] * n
+    queries = [f"question {i % 150}" for i in range(n)] + [f"question {i}" for i in range(n)]
+    queries[10], queries[11] = "Same  Question\n", "same question"  # whitespace and case do not tell them apart
+    indices = np.r_[np.arange(n), np.arange(n)]
+    train, test = train_test_split(datasets, indices, queries=queries)
+    side = {int(r): "train" for r in train} | {int(r): "test" for r in test}
+    for key in {q.lower().split()[-1] if q.startswith("question") else "same" for q in queries[:n]}:
+        rows = [i for i in range(n) if (queries[i].lower().split()[-1] if queries[i].startswith("question")
+                                        else "same") == key]
+        assert len({side[r] for r in rows}) == 1, rows
+    # the other dataset, and a dataset without duplicates, is split exactly as the paper's recipe splits it
+    plain_train, plain_test = train_test_split(datasets, indices)
+    assert [r for r in train if r >= n] == [r for r in plain_train if r >= n]
+    assert len(train) + len(test) == 2 * n and abs(np.sum(train < n) - 140) <= 25
+    assert duplicate_rows(datasets, queries) == 2 * 48 + 2  # 50 pairs, two of them broken up, one new pair
+
+
+def test_a_dataset_without_duplicates_keeps_the_papers_split_row_for_row():
+    datasets = ["a"] * 50 + ["b"] * 30
+    indices = np.r_[np.arange(50), np.arange(30)]
+    queries = [f"{d} {i}" for d, i in zip(datasets, indices)]
+    grouped = train_test_split(datasets, indices, queries=queries)
+    plain = train_test_split(datasets, indices)
+    assert all(np.array_equal(x, y) for x, y in zip(grouped, plain)) and duplicate_rows(datasets, queries) == 0
