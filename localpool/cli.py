@@ -1,11 +1,14 @@
-"""`jisi-pool`: a local pool of real OpenAI-compatible upstreams (one llama.cpp server process each)."""
+"""`jisi-pool`: a local pool of real OpenAI-compatible upstreams (one llama.cpp server process each), and
+`jisi-pool replay`: one OpenAI-compatible server answering as every model of a set of records (localpool/replay.py)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +24,66 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _latency(spec: str) -> tuple[float, float]:
+    """--latency-ms MEDIAN[,SIGMA]: parsed as the evaluator's --quorum is, so both read one spec alike."""
+    from bank_builder.records.latency import parse_latency
+
+    try:
+        median, sigma = parse_latency(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not (math.isfinite(median) and math.isfinite(sigma)):
+        raise argparse.ArgumentTypeError(f"the latency's median and sigma must be finite, got {spec!r}")
+    return median, sigma
+
+
+def _add_replay_parser(sub: Any) -> None:
+    # the record options of `jisi-bank evaluate`, defined once there: the replay serves the rows it scores
+    from bank_builder.cli import _add_record_options
+
+    p = sub.add_parser("replay", help="serve every model's recorded answers over the OpenAI API",
+                       description="An OpenAI-compatible server answering, for every model of the records, that "
+                                   "model's recorded answer to the recorded question (localpool/replay.py).")
+    _add_record_options(p)
+    p.add_argument("--split", choices=["test", "train", "all"], default="test",
+                   help="rows served: the evaluator's test or train part (its split, seed and ratio), or all")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--latency-ms", type=_latency, default=(800.0, 0.5), metavar="MEDIAN[,SIGMA]",
+                   help="lognormal delay of a call (default 800,0.5); a model whose records carry time_taken "
+                        "uses its own mean per call as the median; 0: no delay")
+    p.add_argument("--latency-seed", type=int, default=None, help="seed of the delays (default: --seed)")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bank_builder.cli import record_selection
+    from bank_builder.records.latency import recorded_medians_ms
+    from localpool.replay import create_replay_app, describe, load_served
+
+    t0 = time.monotonic()
+    selection = record_selection(args)
+    median_ms, sigma = args.latency_ms
+    # the medians need a second read of the sources (the matrix keeps no time_taken): overlapped with the load,
+    # since lzma and zlib release the GIL while they decompress
+    with ThreadPoolExecutor(1) as pool:
+        medians = pool.submit(recorded_medians_ms, selection.paths, datasets=selection.datasets,
+                              models=selection.models) if median_ms > 0 else None
+        try:
+            served = load_served(selection, args.split, train_ratio=args.train_ratio)
+        except ValueError as exc:  # bad records (RecordError), or a split that cannot be made
+            print(f"jisi-pool replay: {exc}", file=sys.stderr)
+            return 1
+        recorded = medians.result() if medians is not None else {}
+    seed = selection.seed if args.latency_seed is None else args.latency_seed
+    app = create_replay_app(served, latency_ms=median_ms, sigma=sigma, seed=seed, medians_ms=recorded)
+    print(f"{describe(served, latency_ms=median_ms, sigma=sigma, seed=seed, medians_ms=recorded)}; loaded in "
+          f"{time.monotonic() - t0:.1f}s; serving on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jisi-pool", description="A local pool of llama.cpp upstreams")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,8 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in (p_start, sub.add_parser("stop", help="stop the recorded servers"),
               sub.add_parser("status", help="show each recorded server's state")):
         p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
+    _add_replay_parser(sub)
     args = parser.parse_args(argv)
     try:
+        if args.command == "replay":
+            return _replay(args)
         if args.command == "install":
             t0 = time.monotonic()
             path = install(args.models_dir)
