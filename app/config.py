@@ -100,8 +100,10 @@ class UpstreamSettings(BaseModel):
     base_url: str  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8081/v1
     model: str | None = None  # id sent upstream; defaults to `name`
     api_key_env: str | None = None  # NAME of the environment variable holding the key, never the key
-    input_usd_per_mtok: float = Field(0.0, ge=0)
-    output_usd_per_mtok: float = Field(0.0, ge=0)
+    # USD per million tokens; left out (null), the model is unpriced: its calls are booked at 0 USD and its cost is
+    # forecast from the bank's recorded costs (app/engine/cost.py), which the gateway says once at start-up
+    input_usd_per_mtok: float | None = Field(None, ge=0)
+    output_usd_per_mtok: float | None = Field(None, ge=0)
     timeout_s: float = Field(120.0, gt=0)
     max_concurrency: int = Field(16, ge=1)  # calls in flight to this upstream
     max_queue: int = Field(64, ge=0)  # calls waiting for a slot; more are refused (503) instead of piling up
@@ -113,6 +115,10 @@ class UpstreamSettings(BaseModel):
     @property
     def upstream_model(self) -> str:
         return self.model or self.name
+
+    @property
+    def priced(self) -> bool:
+        return self.input_usd_per_mtok is not None and self.output_usd_per_mtok is not None
 
 
 class ResilienceSettings(BaseModel):

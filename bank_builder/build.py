@@ -50,6 +50,11 @@ def _tokens(matrix: RecordMatrix) -> np.ndarray:
     return np.nan_to_num(np.where(matrix.present, matrix.completion_tokens, 0.0), nan=0.0).astype(np.float32)
 
 
+def _recorded_cost(matrix: RecordMatrix) -> np.ndarray:
+    """Each record's own cost in USD (NaN unknown or missing): what an unpriced model's calls are forecast at."""
+    return np.where(matrix.present, matrix.cost, np.nan).astype(np.float32)
+
+
 def _dataset_counts(datasets: Sequence[str]) -> dict[str, int]:
     names, counts = np.unique(np.asarray(datasets), return_counts=True)
     return {str(n): int(c) for n, c in zip(names, counts)}
@@ -88,6 +93,7 @@ def build_bank(
         v=bank_writer.save_array(out, name("v"), matrix.score.astype(np.float32)),
         c=bank_writer.save_array(out, name("c"), _tokens(matrix)),
         present=bank_writer.save_array(out, name("present"), matrix.present.astype(bool)),
+        cost=bank_writer.save_array(out, name("cost"), _recorded_cost(matrix)),
         queries=bank_writer.save_queries(out, name("queries"), queries),
         index=bank_writer.save_index(out, name("index"), e, index),
     )
@@ -131,7 +137,8 @@ def build_from_records(selection: RecordSelection, embedder_settings: EmbedderSe
     split = {"part": part, "seed": selection.seed, "train_ratio": train_ratio,
              "max_queries_per_dataset": selection.max_queries_per_dataset}
     if part != "all":
-        train, test = train_test_split(matrix.datasets, matrix.indices, seed=selection.seed, train_ratio=train_ratio)
+        train, test = train_test_split(matrix.datasets, matrix.indices, seed=selection.seed, train_ratio=train_ratio,
+                                       queries=matrix.queries)
         matrix = matrix.subset(train if part == "train" else test)
     responses = make_embedder(response_settings) if response_settings is not None else None
     return build_bank(matrix, make_embedder(embedder_settings), out, params=params, split=split, index=index,
@@ -174,6 +181,8 @@ def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, 
     v_new = _place(sub.score, rows, n, 0.0, np.float32)
     c_new = _place(_tokens(sub), rows, n, 0.0, np.float32)
     present_new = _place(sub.present, rows, n, False, bool)
+    cost_new = _place(_recorded_cost(sub), rows, n, np.nan, np.float32)
+    cost_old = bank.cost if bank.cost is not None else np.full((n, len(old.models)), np.nan, np.float32)
     new_responses = [_place(r, rows, n, 0.0, np.float32) for r in embed_responses(sub, responses_by,
                                                                                     progress=progress)]
 
@@ -187,6 +196,7 @@ def add_models(bank_path: str | Path, matrix: RecordMatrix, embedder: Embedder, 
         "c": bank_writer.save_array(bank_path, file_name("c", build_id), np.hstack([bank.c, c_new])),
         "present": bank_writer.save_array(bank_path, file_name("present", build_id),
                                           np.hstack([bank.present, present_new])),
+        "cost": bank_writer.save_array(bank_path, file_name("cost", build_id), np.hstack([cost_old, cost_new])),
     })
     manifest = old.model_copy(update={
         "build_id": build_id,

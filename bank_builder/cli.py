@@ -22,6 +22,7 @@ from app.embedding import EmbedderError
 from app.engine import JiSiParams
 from app.engine.params import parse_param
 from bank_builder.evaluate.stats import N_RESAMPLES
+from bank_builder.records.latency import parse_latency
 from bank_builder.records import RecordSelection
 
 log = logging.getLogger("jisi-bank")
@@ -214,7 +215,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                              split=args.split, train_ratio=args.train_ratio, prices=args.prices,
                              plots=not args.no_plots, resamples=args.resamples, calibrate=args.calibrate,
                              objective=args.objective, folds=args.folds, settings=args.settings,
-                             explain=args.explain))
+                             explain=args.explain, decisions=args.decisions,
+                             quorum=parse_latency(args.quorum) if args.quorum else None))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -318,6 +320,13 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--calibrate", action="store_true",
                     help="also calibrate on the train split (k-fold CV) and report jisi_route_calibrated, "
                          "jisi_shortcut and the cost_weight frontier")
+    ev.add_argument("--decisions", action="store_true",
+                    help="decisions.jsonl: one line per test question and JiSi method (candidates, answered_by, "
+                         "calls, cost, correct), to compare the gateway's decisions with (bench/parity.py)")
+    ev.add_argument("--quorum", metavar="MEDIAN[,SIGMA]",
+                    help="model the gateway's fan-out quorum (its resilience settings) against the replay upstream's "
+                         "latencies (`jisi-pool replay --latency-ms MEDIAN[,SIGMA]`, the same seed): a candidate "
+                         "the quorum would cancel counts as failed on the test split")
     ev.add_argument("--explain", action="store_true",
                     help="explain.md: where jisi_route and best_single disagree, and ablations of the parameters")
     _add_calibration_options(ev)

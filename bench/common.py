@@ -105,15 +105,17 @@ def ensure_bank(path: Path | None, per_dataset: int = 20) -> Path:
 
 
 def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str]], timeout_s: float = 30,
-                  **settings: Any) -> ServerProcess:
+                  upstream_settings: dict[str, dict[str, Any]] | None = None, **settings: Any) -> ServerProcess:
     """The gateway as deployed: `jisi-gateway` (JSON logs at info, into workdir/gateway.log), configured by a
     YAML file.
 
-    `upstreams` maps bank model name -> (base_url, model id sent upstream); `settings` are top-level keys.
+    `upstreams` maps bank model name -> (base_url, model id sent upstream); `upstream_settings` adds fields to
+    named upstreams (e.g. their prices); `settings` are top-level keys.
     """
+    extra = upstream_settings or {}
     config = {"bank_path": str(bank), "upstreams": [
-        {"name": name, "base_url": url, "model": model, "timeout_s": timeout_s, "max_concurrency": 64}
-        for name, (url, model) in upstreams.items()], **settings}
+        {"name": name, "base_url": url, "model": model, "timeout_s": timeout_s, "max_concurrency": 64,
+         **extra.get(name, {})} for name, (url, model) in upstreams.items()], **settings}
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()

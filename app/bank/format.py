@@ -8,6 +8,8 @@ Layout of a bank folder (format 1):
   v-<id>.npy               score matrix v, N x M float32 in [0, 1]
   c-<id>.npy               completion tokens c, N x M float32
   present-<id>.npy         presence mask, N x M bool (False = no record: masked out of every sum)
+  cost-<id>.npy            recorded cost per call in USD, N x M float32 (NaN unknown); the cost forecast of
+                           models without a configured price (banks built before it have none)
   queries-<id>.jsonl       query text, dataset label and record index per row (for explanations)
   index-<id>.faiss         FAISS index over the query embeddings (flat or IVF: app/bank/index.py)
 
@@ -30,7 +32,7 @@ MANIFEST = "manifest.json"
 INDEX_TYPES: dict[str, str] = {"flat": "flat_ip", "ivf": "ivf_ip"}
 # the file kinds a build writes, by name prefix; temporary files of a crashed write start with "."
 _PREFIXES = {"query_emb": "query_emb-", "responses": "resp-", "v": "v-", "c": "c-", "present": "present-",
-             "queries": "queries-", "index": "index-"}
+             "queries": "queries-", "index": "index-", "cost": "cost-"}
 OWNED_PREFIXES = (*_PREFIXES.values(), ".")  # anything else in a bank folder is left alone
 
 
@@ -46,9 +48,11 @@ class BankFiles(BaseModel):
     present: str
     queries: str
     index: str
+    cost: str | None = None  # recorded per-call costs (banks built before it: none)
 
     def names(self) -> set[str]:
-        return {self.query_emb, self.v, self.c, self.present, self.queries, self.index, *self.responses}
+        return {self.query_emb, self.v, self.c, self.present, self.queries, self.index, *self.responses,
+                *([self.cost] if self.cost else [])}
 
 
 def file_name(kind: str, build_id: str, model: int | None = None) -> str:

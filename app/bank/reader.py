@@ -29,6 +29,8 @@ class Bank:
         self.v = np.asarray(self._array(files.v), dtype=np.float32)  # N x M, small: load fully
         self.c = np.asarray(self._array(files.c), dtype=np.float32)
         self.present = np.asarray(self._array(files.present), dtype=bool)
+        # recorded cost per call (NaN unknown): the cost forecast of unpriced models; None in older banks
+        self.cost = np.asarray(self._array(files.cost), dtype=np.float32) if files.cost else None
         self.mu = bank_accuracy(self.v, self.present)  # each model's accuracy over the bank: the prior's mean
         self.r = [self._array(name) for name in files.responses]  # M arrays of N x d_r
         self.index = faiss.read_index(str(self.path / files.index))
@@ -47,6 +49,8 @@ class Bank:
         d_r = self.manifest.responses_embedder.dim
         expected = {"query embeddings": (self.e.shape, (n, d)), "v": (self.v.shape, (n, m)),
                     "c": (self.c.shape, (n, m)), "present": (self.present.shape, (n, m))}
+        if self.cost is not None:
+            expected["recorded costs"] = (self.cost.shape, (n, m))
         expected.update({f"responses of {self.models[j]}": (r.shape, (n, d_r)) for j, r in enumerate(self.r)})
         wrong = [f"{what} {got} (expected {want})" for what, (got, want) in expected.items() if got != want]
         if len(self.r) != m:

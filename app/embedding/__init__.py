@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from app.config import EmbedderSettings
 from app.embedding.backends import Embedder, EmbedderError, RemoteEmbedder, SentenceTransformerEmbedder
-from app.embedding.cache import CachedEmbedder
+from app.embedding.cache import CachedEmbedder, StoredPrecision
 
 __all__ = ["Embedder", "EmbedderError", "make_embedder"]
 
 
 def make_embedder(settings: EmbedderSettings, *, use_cache: bool = True) -> Embedder:
-    """The configured backend, behind the embedding cache unless use_cache=False or cache_dir is None."""
+    """The configured backend, behind the embedding cache unless use_cache=False or cache_dir is None; either way
+    its vectors have the cache's precision (float16), so a text embeds the same online and offline."""
     inner: Embedder
     if settings.backend == "local":
         if settings.threads is not None:
@@ -33,4 +34,4 @@ def make_embedder(settings: EmbedderSettings, *, use_cache: bool = True) -> Embe
                                normalize=settings.normalize)
     if use_cache and settings.cache_dir is not None:
         return CachedEmbedder(inner, settings.cache_dir)
-    return inner
+    return StoredPrecision(inner)

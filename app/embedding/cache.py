@@ -240,6 +240,33 @@ class EmbeddingCache:
                 pass
 
 
+class StoredPrecision:
+    """Any Embedder with its vectors rounded as the cache stores them (float16, then normalised): what an embedder
+    without the cache (the gateway's request path, `--no-cache`) returns, so a text gets the same vector online
+    and offline, bit for bit, and a similarity tie breaks the same way on both paths (issue 18)."""
+
+    def __init__(self, inner: Embedder, dtype: str = "float16") -> None:
+        self.inner, self.name, self._dtype = inner, inner.name, np.dtype(dtype)
+        self.normalize: bool = getattr(inner, "normalize", True)
+        self.max_seq_length: int | None = getattr(inner, "max_seq_length", None)
+        self.truncation: str = getattr(inner, "truncation", "head")
+        self.digest: str | None = getattr(inner, "digest", None)
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        out = np.asarray(self.inner.embed(texts, progress=progress), dtype=np.float32)
+        out = out.astype(self._dtype).astype(np.float32)  # as put_many stores and get_many returns it
+        return normalize_rows(out) if self.normalize else out
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
 def _flush_quietly(ref: weakref.ref[EmbeddingCache]) -> None:
     cache = ref()
     if cache is not None:

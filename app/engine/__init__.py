@@ -17,6 +17,7 @@ from app.engine.mixed import MixedScores, mixed_routing
 from app.engine.params import JiSiParams, Mode
 from app.engine.prior import bank_accuracy
 from app.engine.ranking import top_k
+from app.engine.shortcut import shortcut_choice, shortcut_done
 from app.engine.support import CoarseScores, SupportSet, coarse_scores, support_set, weights
 from app.engine.switch import Outcome, final_set, truncate_aggregatees
 
@@ -24,7 +25,7 @@ __all__ = [
     "JiSiParams", "Mode", "Outcome", "Plan", "Decision", "SupportView", "LiveResponses",
     "plan", "decide", "top_k", "truncate_aggregatees", "support_set", "coarse_scores",
     "final_set", "mixed_routing", "SupportSet", "CoarseScores", "MixedScores", "bank_accuracy",
-    "expected_completion_tokens",
+    "expected_completion_tokens", "shortcut_choice", "shortcut_done",
 ]
 
 

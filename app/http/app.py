@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import httpx
+import numpy as np
 from fastapi import FastAPI
 
 from app.bank.format import EmbedderInfo
@@ -59,6 +60,17 @@ def validate(settings: Settings, bank: Bank) -> None:
         raise ConfigError("invalid gateway configuration:\n  - " + "\n  - ".join(problems))
 
 
+def _say_unpriced(settings: Settings, bank: Bank) -> None:
+    """One line at start-up per upstream without a price: how its cost is forecast and booked."""
+    for u in settings.upstreams:
+        if not u.priced:
+            j = bank.models.index(u.name)
+            recorded = bank.cost is not None and bool(np.isfinite(bank.cost[bank.present[:, j], j]).any())
+            log.warning("upstream %s has no configured price (input_usd_per_mtok, output_usd_per_mtok): its calls are "
+                        "booked at 0 USD and its cost is forecast %s", u.name,
+                        "from the bank's recorded costs" if recorded else "at the median price of the priced upstreams")
+
+
 def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None,
                response_embedder: Embedder | None = None,
                transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
@@ -90,6 +102,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             params, sources = settings.jisi.resolve(calibrated)
             pipeline = Pipeline(bank, async_embedder, pool, params, embed_system_prompt=settings.embed_system_prompt,
                                 response_embedder=async_responses, param_sources=sources)
+            _say_unpriced(settings, bank)
             state.api_keys = settings.auth.keys()
             state.gateway = Gateway(pipeline, pool, state.metrics, max_messages=settings.max_messages,
                                     max_requested_tokens=settings.max_requested_tokens)

@@ -21,6 +21,7 @@ from app import engine
 from app.bank.reader import Bank
 from app.embedding.batcher import AsyncEmbedder
 from app.engine import JiSiParams, LiveResponses, Mode
+from app.engine.cost import CostModel
 from app.errors import ErrorKind, GatewayError, bad_request
 from app.pipeline.aggregate import Aggregation, aggregation_messages, choose_aggregator
 from app.pipeline.budget import Budget
@@ -29,7 +30,7 @@ from app.pipeline.trace import Trace, named_scores
 from app.protocol import ChatCompletionRequest
 from app.upstream.call import CallResult, UpstreamError, estimate_tokens, prompt_text
 from app.upstream.pool import UpstreamPool
-from app.upstream.pricing import cost_usd, upstream_cost_usd
+from app.upstream.pricing import upstream_cost_usd
 
 VIRTUAL_MODELS: dict[str, Mode] = {"jisi": "adaptive", "jisi-route": "route", "jisi-aggregate": "aggregate"}
 
@@ -75,16 +76,17 @@ class Pipeline:
         self.params = params  # the defaults in force (settings over the bank's calibration over the paper's)
         self.param_sources = param_sources or {name: "default" for name in params.__dataclass_fields__}
         self.embed_system_prompt = embed_system_prompt
-        # per bank model, the configured prices (unserved models are never eligible: 0)
+        # per bank model, the configured prices; NaN for an unpriced one (forecast from the bank's recorded costs,
+        # as the evaluator does) and for an unserved one (never eligible)
         served = [pool.upstreams.get(m) for m in bank.models]
-        self.prices_in = np.array([u.input_usd_per_mtok if u else 0.0 for u in served])
-        self.prices_out = np.array([u.output_usd_per_mtok if u else 0.0 for u in served])
+        self.costs = CostModel.of(
+            np.array([u.input_usd_per_mtok if u and u.priced else np.nan for u in served], dtype=np.float64),
+            np.array([u.output_usd_per_mtok if u and u.priced else np.nan for u in served], dtype=np.float64),
+            bank.c, bank.present, bank.cost)
 
     def expected_cost(self, support_ids: np.ndarray, prompt_tokens: float) -> np.ndarray:
-        """Each model's forecast cost on this request: its prompt at the model's input price, and its mean
-        completion tokens over the support set at the output price (the cost cap's and the cost weight's)."""
-        expected = engine.expected_completion_tokens(self.bank.c[support_ids], self.bank.present[support_ids])
-        return cost_usd(float(prompt_tokens), expected, self.prices_in, self.prices_out)
+        """Each model's forecast cost on this request (the cost cap's and the cost weight's): app/engine/cost.py."""
+        return self.costs.expected(support_ids, prompt_tokens)
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -215,7 +217,8 @@ class Pipeline:
         An empty answer is no answer: when another candidate said something, the one that answered empty is
         left out of the final set (o1-mini answered empty on 5 % of MATH level 5, always scored wrong)."""
         t, answered = time.perf_counter(), req.answered
-        live_models = np.fromiter(answered, dtype=np.int64)
+        # in candidate order, not arrival order: the sums over k then run in the replay's order, bit for bit
+        live_models = np.array([int(j) for j in planned.candidates if int(j) in answered], dtype=np.int64)
         responses = LiveResponses(
             models=live_models, r=np.stack([req.live_r[j] for j in live_models]),
             c=np.array([answered[j].usage.completion_tokens for j in live_models], float))
@@ -253,7 +256,7 @@ class Pipeline:
         final = [j for j in final if j in answered]
         if not final:  # every final-set model failed or was unaffordable: the best answered candidate
             said = [j for j in answered if not _is_empty(answered[j])] or list(answered)
-            final = [max(said, key=lambda j: decision.mixed.gf[j])]
+            final = [min(said, key=lambda j: (-decision.mixed.gf[j], j))]  # ties: lower index, not arrival
         final = [int(j) for j in engine.truncate_aggregatees(
             np.asarray(final), {j: answered[j].usage.completion_tokens for j in final}, req.params)]
         trace.final = [models[j] for j in final]
@@ -287,7 +290,8 @@ class Pipeline:
 
     async def _shortcut(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> Prepared:
         """The coarse leader is sure enough (P(it stays the leader) >= params.shortcut): call it alone and
-        route to its answer. If it fails or answers empty, the next candidate is called instead."""
+        route to its answer. If it fails or answers empty, the next candidate is called instead (app/engine/
+        shortcut.py, the replay's rule)."""
         trace, models = req.trace, self.bank.models
         trace.shortcut = True
         t = time.perf_counter()
@@ -296,7 +300,7 @@ class Pipeline:
                 continue
             req.failed |= await call_all(self.pool, models, [j], "candidate", req.body, req.answered, req.budget,
                                          trace)
-            if j in req.answered and not _is_empty(req.answered[j]):
+            if j in req.answered and engine.shortcut_done(_is_empty(req.answered[j])):
                 break
             if j in req.answered:
                 trace.notes.append(f"shortcut: {models[j]} answered empty, the next candidate is called")

@@ -1,24 +1,14 @@
-"""The cost of LLM calls from per-million-token prices: the one formula, used by the gateway (each call's
-cost, the cost cap's forecasts) and by the offline evaluator (costs of records without a recorded cost)."""
+"""A call's cost at its upstream's configured prices (the formula itself, shared with the evaluator and every
+forecast, is app/engine/cost.py's cost_usd)."""
 
 from __future__ import annotations
 
-from typing import TypeVar
-
-import numpy as np
-
 from app.config import UpstreamSettings
-
-Number = TypeVar("Number", float, np.ndarray)
-
-
-def cost_usd(prompt_tokens: Number, completion_tokens: Number, input_usd_per_mtok: float,
-             output_usd_per_mtok: float) -> Number:
-    """USD of calls with these token counts at these prices; scalars or numpy arrays (NaN propagates)."""
-    return (prompt_tokens * input_usd_per_mtok + completion_tokens * output_usd_per_mtok) / 1_000_000
+from app.engine.cost import cost_usd
 
 
 def upstream_cost_usd(upstream: UpstreamSettings, prompt_tokens: float, completion_tokens: float) -> float:
-    """A call's cost (or, before the call, its forecast) at the upstream's configured prices."""
-    return float(cost_usd(prompt_tokens, completion_tokens, upstream.input_usd_per_mtok,
-                          upstream.output_usd_per_mtok))
+    """A call's cost (or, before the call, its forecast) at the upstream's configured prices; an upstream without a
+    configured price books its calls at 0 USD (the gateway says so once at start-up)."""
+    return float(cost_usd(prompt_tokens, completion_tokens, upstream.input_usd_per_mtok or 0.0,
+                          upstream.output_usd_per_mtok or 0.0))

@@ -13,7 +13,7 @@ import random
 import time
 from collections import deque
 from email.utils import parsedate_to_datetime
-from typing import Any, Awaitable, Callable, Hashable, Literal, TypeVar
+from typing import Any, Awaitable, Callable, Hashable, Literal, Sequence, TypeVar
 
 from app.config import ResilienceSettings
 
@@ -163,6 +163,18 @@ class ConcurrencyLimit:
     def release(self) -> None:
         self.in_flight -= 1
         self._slots.release()
+
+
+def quorum_cut(latencies_s: Sequence[float], quorum: int, grace_s: float, grace_ratio: float = 0.0) -> list[bool]:
+    """Which of these calls gather_quorum cancels when every call succeeds after its latency: those still running
+    once the quorum-th fastest has answered and the grace max(grace_s, grace_ratio x that time) has passed. The
+    evaluator's model of the fan-out (`jisi-bank evaluate --quorum`), so it scores the cut-offs the gateway makes."""
+    if not latencies_s:
+        return []
+    quorum = max(1, min(quorum, len(latencies_s)))
+    met = sorted(latencies_s)[quorum - 1]
+    until = met + max(grace_s, grace_ratio * met)
+    return [t > until for t in latencies_s]
 
 
 async def gather_quorum(calls: dict[K, Awaitable[Any]], quorum: int, grace_s: float, deadline: float,

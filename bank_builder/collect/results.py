@@ -58,7 +58,7 @@ def build_documents(questions: list[Question], answers: dict[Key, dict[str, Any]
                     extra.update(truncated=True, raw_output_chars=len(text))
                 records.append({
                     "index": q.index, "origin_query": q.query, "prompt": row["prompt"], "prompt_tokens": pt,
-                    "completion_tokens": ct, "cost": upstream_cost_usd(u, pt, ct),  # today's configured prices
+                    "completion_tokens": ct, "cost": upstream_cost_usd(u, pt, ct) if u.priced else None,  # configured prices
                     "score": score, "prediction": None if pred is None else str(pred),
                     "ground_truth": q.ground_truth, "raw_output": text[:MAX_RAW_OUTPUT], "extra_fields": extra})
             if not records:

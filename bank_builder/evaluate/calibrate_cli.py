@@ -21,7 +21,7 @@ from app.engine import JiSiParams, bank_accuracy
 from bank_builder.build import embed_responses, embed_unique
 from bank_builder.evaluate import report
 from bank_builder.evaluate import scores as metrics
-from bank_builder.evaluate.calibrate import TrainSet, calibrate, describe
+from bank_builder.evaluate.calibrate import SCORED, TrainSet, calibrate, describe
 from bank_builder.evaluate.replay import empty_answers, query_prompt_tokens
 from bank_builder.evaluate.split import SplitKind, choose_split
 from bank_builder.records import RecordMatrix, RecordSelection
@@ -48,25 +48,28 @@ def embedded_train(train: RecordMatrix, embedder_settings: EmbedderSettings,
     embedder = make_embedder(embedder_settings)
     responses_by = make_embedder(response_settings) if response_settings is not None else embedder
     cost, _ = metrics.cost_matrix(train.cost, train.prompt_tokens, train.completion_tokens, train.models, prices)
-    p_in, p_out, _ = metrics.price_arrays(train.models, prices)
+    p_in, p_out = metrics.price_arrays(train.models, prices)
     v = np.where(train.present, train.score, 0.0).astype(np.float32)
     return TrainSet(models=list(train.models), datasets=list(train.datasets),
                     e=embed_unique(embedder, train.queries, progress=True),
                     r=embed_responses(train, responses_by, progress=True), v=v, present=train.present,
                     c=np.nan_to_num(np.where(train.present, train.completion_tokens, 0.0), nan=0.0).astype(np.float32),
                     empty=empty_answers(train), prompt_tokens=query_prompt_tokens(train), cost=cost,
-                    prices=(p_in, p_out))
+                    prices=(p_in, p_out), recorded=np.where(train.present, train.cost, np.nan).astype(np.float32))  # as the bank stores it
 
 
 def write_into_bank(bank: Path, calibration: dict[str, Any], models: list[str]) -> None:
-    """The choice becomes the bank's calibration: the gateway's defaults (settings and requests still win)."""
+    """The choice becomes the bank's calibration: the gateway's defaults (settings and requests still win). Only the
+    parameters the folds scored are written (calibrate.SCORED); the manifest lists the rest as unscored, and the
+    gateway keeps their defaults."""
     manifest = read_manifest(bank)
     if manifest.models != models:
         raise BankError(f"bank at {bank} holds other models than the calibration's records "
                         f"({len(manifest.models)} vs {len(models)}); calibrate on the records the bank was built from")
-    chosen = {k: v for k, v in calibration["params"].items() if k not in ("max_support", "max_aggregate_tokens",
-                                                                          "min_aggregatees")}
-    kept = {"params": chosen, "objective": calibration["objective"], "folds": calibration["folds"],
+    chosen = {k: v for k, v in calibration["params"].items() if k in SCORED}
+    unscored = sorted(k for k in calibration["params"] if k not in SCORED)
+    kept = {"params": chosen, "scored": list(SCORED), "unscored": unscored,
+            "objective": calibration["objective"], "folds": calibration["folds"],
             "train_queries": calibration["train_queries"], "cv_accuracy": calibration["chosen"]["accuracy"],
             "created_at": bank_writer.now_iso()}
     bank_writer.commit(bank, manifest.model_copy(update={"calibration": kept}))
@@ -75,7 +78,8 @@ def write_into_bank(bank: Path, calibration: dict[str, Any], models: list[str]) 
 def run_calibration(options: CalibrateOptions) -> dict[str, Any]:
     matrix = options.records.load(progress=True)
     train_rows, _, kind = choose_split(matrix.datasets, matrix.splits, matrix.indices, options.split,
-                                       seed=options.records.seed, train_ratio=options.train_ratio)
+                                       seed=options.records.seed, train_ratio=options.train_ratio,
+                                       queries=matrix.queries)
     train = matrix.subset(train_rows)  # the test part is gone before anything is embedded
     print(f"calibrating on the {kind} split's train part: {len(train.queries)} questions", file=sys.stderr)
     prices = metrics.load_prices(options.prices) if options.prices else {}

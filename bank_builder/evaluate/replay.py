@@ -5,8 +5,9 @@ same code with a fold's bank in memory).
 Per query it follows app/pipeline/prepare.py step by step: plan (support set, prior, cost-aware candidates,
 the shortcut's confidence), the fan-out to the candidates (their recorded answers), the fine score, and the
 same guard (an empty answer is not chosen while another candidate said something). It records both ways a
-request can go, the full fan-out and the confident shortcut (the leader alone, the next candidate when the
-leader's answer is empty), so one replay scores every shortcut threshold.
+request can go, the full fan-out and the confident shortcut (the candidates one at a time until one answers
+with text, as the gateway calls them), so one replay scores every shortcut threshold. The cost forecast is the
+gateway's (app/engine/cost.py CostModel, prompt tokens counted as the gateway counts the request's).
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ import numpy as np
 from tqdm import tqdm
 
 from app.engine import (
-    JiSiParams, LiveResponses, SupportView, bank_accuracy, decide, expected_completion_tokens, final_set, plan,
-    top_k, truncate_aggregatees,
+    JiSiParams, LiveResponses, SupportView, bank_accuracy, decide, final_set, plan, shortcut_choice, top_k,
+    truncate_aggregatees,
 )
 from app.engine.confidence import leader_probability
+from app.engine.cost import CostModel
+from app.config import ResilienceSettings
 from app.engine.support import weights
-from app.upstream.pricing import cost_usd
+from app.upstream.call import estimate_tokens
+from app.upstream.resilience import quorum_cut
 from bank_builder.records import RecordMatrix
 
 
@@ -37,6 +41,7 @@ class BankLike(Protocol):
     present: np.ndarray
     c: np.ndarray
     mu: np.ndarray
+    cost: np.ndarray | None  # recorded cost per call (NaN unknown)
 
     def search(self, e: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
     def view(self, ids: np.ndarray, live_models: np.ndarray) -> SupportView: ...
@@ -46,8 +51,8 @@ class MemoryBank:
     """Bank rows held in memory (a calibration fold's bank: the other folds), searched exactly."""
 
     def __init__(self, models: list[str], e: np.ndarray, v: np.ndarray, present: np.ndarray, c: np.ndarray,
-                 r: list[np.ndarray]) -> None:
-        self.models, self.v, self.present, self.c, self.r = models, v, present, c, r
+                 r: list[np.ndarray], cost: np.ndarray | None = None) -> None:
+        self.models, self.v, self.present, self.c, self.r, self.cost = models, v, present, c, r, cost
         self.mu = bank_accuracy(v, present)
         self.index = faiss.IndexFlatIP(e.shape[1])
         self.index.add(np.ascontiguousarray(e, dtype=np.float32))
@@ -71,7 +76,23 @@ class Queries:
     c: np.ndarray  # Nq x M completion tokens (0 where unknown)
     present: np.ndarray  # Nq x M: the model has a recorded answer (only those can stand in for a call)
     empty: np.ndarray  # Nq x M: that answer is empty (no text)
-    prompt_tokens: np.ndarray  # Nq: the query's prompt, for the cost forecast
+    prompt_tokens: np.ndarray  # Nq: the query's prompt tokens as the gateway counts them, for the cost forecast
+
+
+@dataclass(frozen=True)
+class QuorumModel:
+    """The gateway's fan-out quorum, replayed (`jisi-bank evaluate --quorum`): each call's latency (the replay
+    upstream's, bank_builder/records/latency.py) and the gateway's resilience settings decide which candidates the
+    fan-out cancels; a cancelled candidate counts as failed, as online."""
+
+    latency_s: np.ndarray  # Nq x M seconds
+    settings: ResilienceSettings
+
+    def cut(self, q: int, candidates: np.ndarray) -> np.ndarray:
+        """Per candidate (in order), whether the fan-out cancels it on query q."""
+        s = self.settings
+        return np.array(quorum_cut(self.latency_s[q, candidates].tolist(), s.quorum_of(len(candidates)),
+                                   s.quorum_grace_s, s.quorum_grace_ratio), dtype=bool)
 
 
 @dataclass
@@ -79,7 +100,7 @@ class ReplayResult:
     retrieval_choice: np.ndarray  # the coarse leader (top-1 of g, or of the cost-aware score)
     route_choice: np.ndarray  # router-only after the full fan-out: top-1 of the fine score
     candidates: np.ndarray  # Nq x K: the models fanned out to (-1 pads)
-    shortcut_choice: np.ndarray  # the leader alone (the next candidate when its answer is empty)
+    shortcut_choice: np.ndarray  # the candidates one at a time until one answers with text (engine.shortcut_choice)
     shortcut_calls: list[np.ndarray]  # the models the shortcut calls
     confidence: np.ndarray  # P(the coarse leader stays on top); NaN when not computed
     aggregate_sets: list[np.ndarray]  # top-K of g^f ("w/o adaptive aggregation"), after truncation
@@ -92,6 +113,7 @@ class ReplayResult:
     support_similarity: np.ndarray  # mean s_i over the support set
     leader_estimate: np.ndarray  # the coarse leader's support-set accuracy, g_j / Σ w_i (the winner's curse)
     timing: dict[str, float] = field(default_factory=dict)
+    cut: list[np.ndarray] = field(default_factory=list)  # candidates the quorum cancelled (with a QuorumModel)
 
 
 def empty_answers(matrix: RecordMatrix) -> np.ndarray:
@@ -101,27 +123,39 @@ def empty_answers(matrix: RecordMatrix) -> np.ndarray:
 
 
 def query_prompt_tokens(matrix: RecordMatrix) -> np.ndarray:
-    """Per query, its prompt's tokens (the models' counts agree; unknown: 0)."""
-    with np.errstate(all="ignore"):
-        return np.nan_to_num(np.nanmean(np.where(matrix.present, matrix.prompt_tokens, np.nan), axis=1), nan=0.0)
+    """Per query, its prompt's tokens as the gateway counts a request whose user message is the question (its
+    cost forecast runs before any call, on its own estimate: app/upstream/call.py estimate_tokens)."""
+    return np.array([estimate_tokens(q) for q in matrix.queries], dtype=np.float64)
 
 
-def cost_forecaster(bank: BankLike, prices_in: np.ndarray, prices_out: np.ndarray,
-                    prompt_tokens: float) -> Callable[[np.ndarray], np.ndarray]:
-    """The gateway's forecast of each model's cost on a query (app/pipeline/prepare.py expected_cost)."""
-    def cost(support_ids: np.ndarray) -> np.ndarray:
-        expected = expected_completion_tokens(bank.c[support_ids], bank.present[support_ids])
-        return cost_usd(float(prompt_tokens), expected, prices_in, prices_out)
-    return cost
+def cost_model(bank: BankLike, prices: tuple[np.ndarray, np.ndarray] | None) -> CostModel:
+    """The gateway's cost forecast over this bank: per-model prices (NaN: none) or the bank's recorded costs."""
+    m = len(bank.models)
+    p_in, p_out = prices if prices is not None else (np.full(m, np.nan), np.full(m, np.nan))
+    return CostModel.of(p_in, p_out, bank.c, bank.present, bank.cost)
+
+
+def cost_forecaster(costs: CostModel, prompt_tokens: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Each model's forecast cost on one query, from its support set (app/pipeline/prepare.py expected_cost)."""
+    return lambda support_ids: costs.expected(support_ids, prompt_tokens)
+
+
+def _fallback(answered: np.ndarray, empty: np.ndarray, gf: np.ndarray) -> int:
+    """When the final set lost every member to the quorum: the best answered candidate by g^f that said something
+    (ties: lower index), as app/pipeline/prepare.py's _final_set does."""
+    said = [int(j) for j in answered if not empty[j]] or [int(j) for j in answered]
+    return min(said, key=lambda j: (-gf[j], j))
 
 
 def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, prices: tuple[np.ndarray, np.ndarray]
-                   | None = None, with_confidence: bool = False, progress: bool = False) -> ReplayResult:
+                   | None = None, with_confidence: bool = False, progress: bool = False,
+                   quorum: QuorumModel | None = None) -> ReplayResult:
     """Every query through plan -> (recorded answers) -> decide, and through the shortcut's path.
 
-    `prices` (per model, USD per million input / output tokens) feed the cost-aware ranking when
-    cost_weight > 0; `with_confidence` computes the shortcut's leader probability for every query (else only
-    when params.shortcut is set)."""
+    `prices` (per model, USD per million input / output tokens, NaN where unknown) feed the cost-aware ranking
+    when cost_weight > 0 (unpriced models: the bank's recorded costs); `with_confidence` computes the shortcut's
+    leader probability for every query (else only when params.shortcut is set); `quorum` cancels the candidates
+    the gateway's fan-out would (else every candidate answers)."""
     n, k, m = len(queries.e), params.k, len(bank.models)
     out = ReplayResult(
         retrieval_choice=np.zeros(n, np.int64), route_choice=np.zeros(n, np.int64),
@@ -130,8 +164,7 @@ def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, pric
         aggregators=np.zeros(n, np.int64), support_sizes=np.zeros(n, np.int64), capped=np.zeros(n, bool),
         e_test=queries.e, support_similarity=np.zeros(n), leader_estimate=np.zeros(n),
     )
-    zero = np.zeros(m)
-    prices_in, prices_out = prices if prices is not None else (zero, zero)
+    costs = cost_model(bank, prices)
     search_s = engine_s = 0.0
     for q in tqdm(range(n), desc="replay", disable=not progress, unit="query"):
         eligible = queries.present[q]  # a model without a recorded answer cannot stand in for a live call
@@ -139,37 +172,41 @@ def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, pric
         sims, ids = bank.search(queries.e[q], params.max_support + 1)
         t2 = time.perf_counter()
         planned = plan(sims, ids, bank.v, bank.present, params, eligible, prior=bank.mu,
-                       cost=cost_forecaster(bank, prices_in, prices_out, queries.prompt_tokens[q]))
+                       cost=cost_forecaster(costs, queries.prompt_tokens[q]))
         cands = planned.candidates
         out.retrieval_choice[q] = cands[0]
         out.candidates[q, : cands.size] = cands
-        # the shortcut's path: the leader, or the next candidate when the leader answered empty
-        calls = [int(cands[0])]
-        if queries.empty[q, cands[0]] and cands.size > 1:
-            calls.append(int(cands[1]))
+        # the shortcut's path: the candidates one at a time until one answers with text
+        calls, out.shortcut_choice[q] = shortcut_choice([int(j) for j in cands], lambda j: bool(queries.empty[q, j]))
         out.shortcut_calls.append(np.asarray(calls, np.int64))
-        out.shortcut_choice[q] = calls[-1]
         if planned.confidence is not None:
             out.confidence[q] = planned.confidence
         elif with_confidence:
             out.confidence[q] = leader_probability(
                 bank.v[planned.support.ids], bank.present[planned.support.ids], weights(planned.support.s),
                 int(cands[0]), params.lam, bank.mu, planned.cost, params.cost_weight, eligible)
-        # the full fan-out: every candidate's recorded answer, an empty one not chosen while another said something
-        live = LiveResponses(models=cands, r=np.stack([queries.r[j][q] for j in cands]), c=queries.c[q, cands])
+        # the full fan-out: every candidate's recorded answer (less those the quorum cancels), an empty one not
+        # chosen while another said something
+        cut = quorum.cut(q, cands) if quorum is not None else np.zeros(cands.size, bool)
+        answered = cands[~cut]
+        out.cut.append(cands[cut])
+        live = LiveResponses(models=answered, r=np.stack([queries.r[j][q] for j in answered]),
+                             c=queries.c[q, answered])
         final_eligible = eligible.copy()
-        empty = cands[queries.empty[q, cands]]
-        if 0 < empty.size < cands.size:
+        empty = answered[queries.empty[q, answered]]
+        if 0 < empty.size < answered.size:
             final_eligible[empty] = False
-        view = bank.view(planned.support.ids, cands)
+        view = bank.view(planned.support.ids, answered)
         decision = decide(planned, view, live, params, "adaptive", final_eligible, prior=bank.mu)
         routed, _ = final_set(decision.mixed.gf, params, "route", decision.eligible, planned.cost)
         tokens = {j: float(queries.c[q, j]) for j in range(m)}
         engine_s += time.perf_counter() - t2
         search_s += t2 - t1
-        out.route_choice[q] = routed[0]
+        fallback = _fallback(answered, queries.empty[q], decision.mixed.gf)
+        out.route_choice[q] = fallback if routed[0] in cands[cut] else routed[0]
         out.aggregate_sets.append(truncate_aggregatees(top_k(decision.mixed.gf, k, final_eligible), tokens, params))
-        out.final_sets.append(truncate_aggregatees(decision.final, tokens, params))
+        final = [j for j in decision.final if j not in cands[cut]] or [fallback]  # never called twice online
+        out.final_sets.append(truncate_aggregatees(np.asarray(final, np.int64), tokens, params))
         out.outcomes.append(decision.outcome)
         out.aggregators[q] = planned.aggregator
         out.support_sizes[q] = planned.support.ids.size

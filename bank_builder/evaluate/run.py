@@ -17,7 +17,7 @@ import numpy as np
 
 from app.bank.format import EmbedderInfo
 from app.bank.reader import Bank
-from app.config import EmbedderSettings
+from app.config import EmbedderSettings, Settings
 from app.embedding import make_embedder
 from app.engine import JiSiParams
 from bank_builder.build import build_bank, embed_responses, embed_unique
@@ -27,8 +27,12 @@ from bank_builder.evaluate.explain import explain
 from bank_builder.evaluate.explain import to_markdown as explain_markdown
 from bank_builder.evaluate import scores as metrics
 from bank_builder.evaluate.calibrate import TrainSet, calibrate, describe, path_outcomes
-from bank_builder.evaluate.replay import Queries, ReplayResult, empty_answers, query_prompt_tokens, replay_queries
-from bank_builder.evaluate.split import SplitKind, choose_split
+from bank_builder.evaluate.replay import (
+    QuorumModel, Queries, ReplayResult, empty_answers, query_prompt_tokens, replay_queries,
+)
+from bank_builder.records.latency import latency_matrix, recorded_medians_ms
+from bank_builder.evaluate.decisions import decision_rows, write_decisions
+from bank_builder.evaluate.split import SplitKind, choose_split, duplicate_rows
 from bank_builder.evaluate.stats import (
     N_RESAMPLES, Bootstrap, Point, cost_save, gap_to_oracle, pareto_distance, pareto_frontier, relative_gain,
 )
@@ -54,6 +58,10 @@ class EvaluateOptions:
     folds: int = 5
     settings: int = 40  # settings the calibration tries (the paper's defaults among them)
     explain: bool = False  # the per-question analysis and ablations of jisi_route (explain.md)
+    decisions: bool = False  # decisions.jsonl: every JiSi decision scored, for the gateway to be compared with
+    # the gateway's fan-out quorum against the replay upstream's latencies (median ms, sigma): None, every
+    # candidate answers; else a candidate the quorum would cancel counts as failed on the test split
+    quorum: tuple[float, float] | None = None
 
 
 def replayed_queries(test: RecordMatrix, embedder, responses_by, progress: bool = True) -> Queries:
@@ -69,7 +77,8 @@ def train_set(bank: Bank, train: RecordMatrix, cost: np.ndarray, prices: tuple[n
     """The train split as the calibration sees it: the bank's own arrays, nothing of the test split."""
     return TrainSet(models=bank.models, datasets=list(train.datasets), e=np.asarray(bank.e),
                     r=[np.asarray(r) for r in bank.r], v=bank.v, present=bank.present, c=bank.c,
-                    empty=empty_answers(train), prompt_tokens=query_prompt_tokens(train), cost=cost, prices=prices)
+                    empty=empty_answers(train), prompt_tokens=query_prompt_tokens(train), cost=cost, prices=prices,
+                    recorded=bank.cost)
 
 
 def jisi_outcome(test: RecordMatrix, run: ReplayResult, cost: np.ndarray, threshold: float | None,
@@ -127,7 +136,8 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     matrix = selection.load(progress=True)
     t_load = time.perf_counter() - started
     train_rows, test_rows, split_kind = choose_split(matrix.datasets, matrix.splits, matrix.indices, options.split,
-                                                     seed=selection.seed, train_ratio=options.train_ratio)
+                                                     seed=selection.seed, train_ratio=options.train_ratio,
+                                                     queries=matrix.queries)
     train, test = matrix.subset(train_rows), matrix.subset(test_rows)
     if not len(test.queries) or not len(train.queries):
         raise ValueError("the train or the test split is empty: change --train-ratio or add records")
@@ -136,7 +146,8 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
 
     t = time.perf_counter()
     split = {"part": "train", "kind": split_kind, "seed": selection.seed, "train_ratio": options.train_ratio,
-             "max_queries_per_dataset": selection.max_queries_per_dataset}
+             "max_queries_per_dataset": selection.max_queries_per_dataset,
+             "duplicates_grouped": duplicate_rows(matrix.datasets, matrix.queries) if split_kind == "random" else 0}
     build_bank(train, embedder, out / "bank", params=params, split=split, response_embedder=responses_by)
     t_build = time.perf_counter() - t
     bank = Bank.load(out / "bank", query_embedder=EmbedderInfo.of(embedder),
@@ -147,8 +158,13 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     t_embed = time.perf_counter() - t
     prices = metrics.load_prices(options.prices) if options.prices else {}
     cost, _ = metrics.cost_matrix(test.cost, test.prompt_tokens, test.completion_tokens, test.models, prices)
-    p_in, p_out, _ = metrics.price_arrays(test.models, prices)
-    run = replay_queries(bank, queries, params, prices=(p_in, p_out), progress=True)
+    p_in, p_out = metrics.price_arrays(test.models, prices)
+    quorum = None if options.quorum is None else QuorumModel(
+        latency_matrix(test.models, test.queries, *options.quorum, seed=selection.seed,
+                       medians_ms=recorded_medians_ms(selection.paths, datasets=selection.datasets,
+                                                      models=selection.models) if options.quorum[0] else None),
+        Settings().resilience)
+    run = replay_queries(bank, queries, params, prices=(p_in, p_out), progress=True, quorum=quorum)
     t_replay = time.perf_counter() - t - t_embed
 
     t = time.perf_counter()
@@ -157,6 +173,8 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     outcomes["jisi_route"] = jisi_outcome(test, run, cost, None, "router-only: top-1 of the fine score g^f")
     points: dict[str, list[Point]] = {}
     calibration, frontier_rows = None, []
+    if options.decisions:
+        rows = [*decision_rows("jisi_route", test, run, cost, None)]
     if options.calibrate:
         train_cost, _ = metrics.cost_matrix(train.cost, train.prompt_tokens, train.completion_tokens, train.models,
                                             prices)
@@ -167,7 +185,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         calibration["wall_s"] = round(time.perf_counter() - t_cal, 1)
         chosen = params.with_overrides(calibration["params"])
         tuned = replay_queries(bank, queries, chosen.with_overrides({"shortcut": None}), prices=(p_in, p_out),
-                               with_confidence=True, progress=True)
+                               with_confidence=True, progress=True, quorum=quorum)
         outcomes["jisi_route_calibrated"] = jisi_outcome(test, tuned, cost, None,
                                                          "router-only with the train-CV choice")
         outcomes["jisi_shortcut"] = jisi_outcome(test, tuned, cost, chosen.shortcut,
@@ -186,6 +204,12 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
                                       "calls_per_query": float(o.calls.mean())})
         points["jisi_cost"] = [Point("jisi_cost", r["cost_per_query_usd"], r["average"],
                                      f"alpha={r['cost_weight']}, shortcut={r['shortcut']}") for r in frontier_rows]
+    if options.decisions:
+        if options.calibrate:
+            rows += [*decision_rows("jisi_route_calibrated", test, tuned, cost, None),
+                     *decision_rows("jisi_shortcut", test, tuned, cost, chosen.shortcut)]
+        out.mkdir(parents=True, exist_ok=True)
+        write_decisions(out / "decisions.jsonl", rows)
     boot = Bootstrap(test.datasets, options.resamples, seed=selection.seed)
     methods, frontier = summarise(outcomes, test.datasets, boot, points)
     shortcut = shortcut_summary(tuned, chosen.shortcut, outcomes, boot) if calibration else None
@@ -218,10 +242,16 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         "config": {
             **selection.describe(), "split": split_kind, "models": test.models,
             "train_queries": len(train.queries), "test_queries": len(test.queries),
+            "duplicates_grouped": split["duplicates_grouped"],
             "train_ratio": options.train_ratio if split_kind == "random" else None,
             "params": params.__dict__, "embedder": EmbedderInfo.of(embedder).model_dump(),
             "response_embedder": EmbedderInfo.of(responses_by).model_dump(),
             "prices": str(options.prices) if options.prices else None,
+            "quorum": None if options.quorum is None else {"latency_median_ms": options.quorum[0],
+                                                           "latency_sigma": options.quorum[1],
+                                                           **Settings().resilience.model_dump(include={
+                                                               "quorum", "quorum_slack", "quorum_grace_s",
+                                                               "quorum_grace_ratio"})},
             "bootstrap": {"resamples": options.resamples, "seed": selection.seed, "stratified_by": "dataset",
                           "level": 0.95},
         },

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from app.upstream.pricing import cost_usd
+from app.engine.cost import cost_usd
 
 Price = Mapping[str, Any]
 
@@ -39,17 +39,11 @@ def call_cost(prompt_tokens: Any, completion_tokens: Any, price: Price | None) -
                     float(p_in), float(p_out))
 
 
-def price_arrays(models: Sequence[str], prices: Mapping[str, Price]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(input, output USD per million tokens, unknown) per model, for the routing's cost forecast. A model
-    without a price is forecast at the median known price: counting it free would draw traffic to it for a
-    saving that is not real (on zeroeval-bench, 28-42 % of the questions at cost_weight >= 0.6)."""
-    p_in = np.array([_price(prices.get(m), "input_per_million_usd") for m in models])
-    p_out = np.array([_price(prices.get(m), "output_per_million_usd") for m in models])
-    unknown = np.isnan(p_in) | np.isnan(p_out)
-    if unknown.all():
-        return np.zeros(len(models)), np.zeros(len(models)), unknown
-    p_in[unknown], p_out[unknown] = np.median(p_in[~unknown]), np.median(p_out[~unknown])
-    return p_in, p_out, unknown
+def price_arrays(models: Sequence[str], prices: Mapping[str, Price]) -> tuple[np.ndarray, np.ndarray]:
+    """(input, output USD per million tokens) per model, NaN where prices.json has none: the routing's cost
+    forecast (app/engine/cost.py CostModel) fills those from recorded costs or the median price, as online."""
+    return (np.array([_price(prices.get(m), "input_per_million_usd") for m in models]),
+            np.array([_price(prices.get(m), "output_per_million_usd") for m in models]))
 
 
 def _price(price: Price | None, key: str) -> float:

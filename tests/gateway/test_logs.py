@@ -154,3 +154,18 @@ def test_the_request_id_and_the_traceback_survive_the_writer_thread(capsys, rest
     entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert entry["request_id"] == "req-in-thread" and entry["message"] == "failed for 3 items"
     assert entry["level"] == "error" and "ValueError: boom" in entry["exception"]
+
+
+async def test_start_up_says_once_how_each_unpriced_upstream_is_costed(mini_bank, bank_models, tmp_path, minilm,
+                                                                        json_logs: io.StringIO):
+    """Issue 18: a model without a configured price is neither silently free nor silently priced."""
+    from gateway_helpers import make_settings
+
+    settings = make_settings(mini_bank, bank_models, tmp_path / "cache")
+    unpriced = settings.upstreams[1].model_copy(update={"input_usd_per_mtok": None, "output_usd_per_mtok": None})
+    settings = settings.model_copy(update={"upstreams": [settings.upstreams[0], unpriced, *settings.upstreams[2:]]})
+    async with running_gateway(settings, minilm, FakeUpstreams(bank_models)) as (app, _):
+        cost = app.state.jisi.gateway.pipeline.costs
+    said = [line["message"] for line in lines(json_logs) if "no configured price" in line["message"]]
+    assert len(said) == 1 and bank_models[1] in said[0] and "recorded costs" in said[0]
+    assert cost.unpriced.tolist() == [j == 1 for j in range(len(bank_models))]

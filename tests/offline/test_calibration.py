@@ -109,6 +109,8 @@ def test_calibrate_bank_writes_the_choice_into_the_manifest(tmp_path, mini_bench
     calibration = read_manifest(bank).calibration
     assert calibration["objective"] == "cost:0.3" and calibration["params"]["cost_weight"] == 0.3
     assert "max_support" not in calibration["params"] and 0 <= calibration["cv_accuracy"] <= 1
+    # only what the folds scored is written as calibrated (issue 18): t, read by the adaptive switch alone, is not
+    assert set(calibration["params"]) == set(calibration["scored"]) and "t" in calibration["unscored"]
 
 
 @pytest.mark.parametrize("objective", ["speed", "cost:2", "cost:cheap"])

@@ -16,10 +16,10 @@ import respx
 import app.embedding as embedder_module
 from app.embedding.cache import CachedEmbedder
 from app.embedding.backends import (
-    Embedder, EmbedderError, RemoteEmbedder, SentenceTransformerEmbedder, resolve_model_path,
+    Embedder, EmbedderError, RemoteEmbedder, SentenceTransformerEmbedder, normalize_rows, resolve_model_path,
 )
 from app.embedding import make_embedder
-from app.embedding.cache import EmbeddingCache
+from app.embedding.cache import EmbeddingCache, StoredPrecision
 from app.config import EmbedderSettings
 
 BASE = "http://emb.test/v1"
@@ -292,10 +292,15 @@ def test_make_embedder_picks_backend(monkeypatch, tmp_path):
     assert local.inner.kwargs == {"device": "cpu", "batch_size": 8, "max_seq_length": 256, "normalize": True,
                                   "truncation": "head"}
     plain = make_embedder(EmbedderSettings(cache_dir=tmp_path), use_cache=False)
-    assert isinstance(plain, FakeLocal)
-    assert isinstance(make_embedder(EmbedderSettings(cache_dir=None)), FakeLocal)
+    assert isinstance(plain, StoredPrecision) and isinstance(plain.inner, FakeLocal)
+    assert isinstance(make_embedder(EmbedderSettings(cache_dir=None)).inner, FakeLocal)
+    # without the cache, a text gets the cache's vector bit for bit (the gateway's request path vs the evaluator)
+    texts = ["a question", "another question", "a question"]
+    cached, uncached = local.embed(texts), plain.embed(texts)
+    assert np.array_equal(cached, uncached) and np.array_equal(local.embed(texts), uncached)  # hits too
+    assert not np.array_equal(uncached, normalize_rows(plain.inner.embed(texts)))  # it did round
 
-    remote = make_embedder(EmbedderSettings(backend="remote", base_url=BASE, model="e5", cache_dir=None))
+    remote = make_embedder(EmbedderSettings(backend="remote", base_url=BASE, model="e5", cache_dir=None)).inner
     assert isinstance(remote, RemoteEmbedder) and remote.url == f"{BASE}/embeddings" and remote.name == "e5"
     with pytest.raises(EmbedderError, match="base_url"):
         make_embedder(EmbedderSettings(backend="remote"))

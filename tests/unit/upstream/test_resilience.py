@@ -9,7 +9,8 @@ from email.utils import formatdate
 import pytest
 
 from app.upstream.resilience import (
-    CircuitBreaker, ConcurrencyLimit, QueueFull, RetryPolicy, gather_quorum, parse_retry_after, retryable_status,
+    CircuitBreaker, ConcurrencyLimit, QueueFull, RetryPolicy, gather_quorum, parse_retry_after, quorum_cut,
+    retryable_status,
 )
 from app.config import ResilienceSettings
 
@@ -158,6 +159,26 @@ async def test_the_grace_period_grows_with_the_time_the_quorum_took():
     calls = {"a": answer("a", 0.3), "b": answer("b", 0.5)}
     results, late, _ = await gather_quorum(calls, 1, 0.05, time.monotonic() + 10)
     assert results == {"a": "a"} and late == ["b"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("delays, quorum, grace_s, ratio", [
+    ((0.05, 0.1, 0.6), 2, 0.1, 0.0),  # the third answers 0.5 s after the quorum: cut
+    ((0.05, 0.1, 0.15), 2, 0.2, 0.0),  # inside the grace: kept
+    ((0.3, 0.35, 0.55), 2, 0.05, 1.0),  # the grace grows with the quorum's time (0.35 s): kept
+    ((0.3, 0.35, 0.9), 2, 0.05, 1.0),  # past it: cut
+    ((0.05, 0.5, 0.6), 1, 0.1, 0.0),  # quorum 1: both slower ones cut
+])
+async def test_the_evaluators_quorum_model_cuts_what_gather_quorum_cancels(delays, quorum, grace_s, ratio):
+    """quorum_cut is how `jisi-bank evaluate --quorum` replays the fan-out: it must cut exactly the calls the real
+    gather_quorum cancels (every delay here is >= 0.05 s from a boundary, far above the event loop's jitter)."""
+    async def answer(i):
+        await asyncio.sleep(delays[i])
+        return i
+
+    calls = {i: answer(i) for i in range(len(delays))}
+    _, late, _ = await gather_quorum(calls, quorum, grace_s, time.monotonic() + 10, grace_ratio=ratio)
+    assert quorum_cut(list(delays), quorum, grace_s, ratio) == [i in late for i in range(len(delays))]
 
 
 @pytest.mark.anyio
