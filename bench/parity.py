@@ -92,8 +92,9 @@ async def serve_all(url: str, method: str, queries: list[str], concurrency: int)
 
 def differences(expected: dict[str, Any], served: Served) -> list[str]:
     """How the gateway's decision differs from the evaluator's, in words ([] when they agree)."""
-    if served.error:
-        return [served.error]
+    if served.error or expected["answered_by"] is None:  # every call failed: a 502 online, a -1 choice offline
+        both = bool(served.error) and expected["answered_by"] is None and served.error.startswith("HTTP 502")
+        return [] if both else [served.error or f"answered by {served.answered_by} (evaluator: every call failed)"]
     out = []
     if served.candidates != expected["candidates"]:
         out.append(f"candidates {served.candidates} (evaluator: {expected['candidates']})")

@@ -135,7 +135,7 @@ class Pipeline:
         planned = engine.plan(sims, ids, self.bank.v, self.bank.present, params, eligible, prior=self.bank.mu,
                               cost=lambda support_ids: self.expected_cost(support_ids, prompt_tokens))
         trace.phase("plan", t)
-        return planned, eligible
+        return planned, planned.eligible  # callable, and with evidence in the support set
 
     async def prepare(self, request: ChatCompletionRequest) -> Prepared:
         """Every step up to the answer, or up to the aggregation still to run."""

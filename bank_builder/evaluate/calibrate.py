@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from app.engine import JiSiParams
-from bank_builder.evaluate.replay import MemoryBank, Queries, ReplayResult, replay_queries
+from bank_builder.evaluate.replay import MemoryBank, Queries, ReplayResult, chosen, replay_queries
 from bank_builder.evaluate.scores import calls_cost
 
 # ranges set by train-fold research: larger support sets and the priors did most, K and t barely moved anything;
@@ -138,12 +138,12 @@ def path_calls(run: ReplayResult, threshold: float | None) -> tuple[np.ndarray, 
     candidate the quorum cancelled answered nothing and is not counted (online it books no usage)."""
     n = len(run.route_choice)
     take = np.zeros(n, bool) if threshold is None else np.nan_to_num(run.confidence, nan=0.0) >= threshold
-    choice = np.where(take, run.shortcut_choice, run.route_choice)
+    choice = np.where(take, run.shortcut_choice, run.route_choice)  # -1: every call failed
     called = []
     for q in range(n):
         cands = run.candidates[q][run.candidates[q] >= 0]
-        extra = [] if run.route_choice[q] in cands else [run.route_choice[q]]
-        if run.cut and run.cut[q].size:
+        extra = [] if run.route_choice[q] in cands or run.route_choice[q] < 0 else [run.route_choice[q]]
+        if run.cut and run.cut[q].size:  # failed or cancelled: no answer, no usage booked
             cands = cands[~np.isin(cands, run.cut[q])]
         called.append(run.shortcut_calls[q] if take[q] else np.r_[cands, extra].astype(np.int64))
     return choice, called, take
@@ -152,10 +152,10 @@ def path_calls(run: ReplayResult, threshold: float | None) -> tuple[np.ndarray, 
 def path_outcomes(run: ReplayResult, score: np.ndarray, cost: np.ndarray,
                   threshold: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(correct, cost, calls, unpriced calls) per query of the router-only path (path_calls)."""
-    n = len(run.route_choice)
     choice, called, _ = path_calls(run, threshold)
     usd, calls, unpriced = calls_cost(called, cost)
-    return score[np.arange(n), choice], usd, calls, unpriced
+    correct = chosen(score, choice)  # a failed request: wrong
+    return correct, usd, calls, unpriced
 
 
 def evaluate_setting(folds: list[Fold], params: JiSiParams,

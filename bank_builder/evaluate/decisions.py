@@ -28,11 +28,12 @@ def decision_rows(method: str, test: RecordMatrix, run: ReplayResult, cost: np.n
     for q in range(len(test.queries)):
         cands = run.candidates[q][run.candidates[q] >= 0]
         calls = [int(j) for j in called[q]]
+        j = int(choice[q])  # -1: every call failed (online: a 502)
         yield {"method": method, "dataset": test.datasets[q], "index": int(test.indices[q]), "query": test.queries[q],
-               "candidates": [models[j] for j in cands], "answered_by": models[int(choice[q])],
-               "final": [models[int(choice[q])]], "calls": [models[j] for j in calls],
+               "candidates": [models[c] for c in cands], "answered_by": models[j] if j >= 0 else None,
+               "final": [models[j]] if j >= 0 else [], "calls": [models[c] for c in calls],
                "cost_usd": float(np.nansum(cost[q, calls])), "shortcut": bool(take[q]),
-               "correct": float(score[q, int(choice[q])])}
+               "correct": float(score[q, j]) if j >= 0 else 0.0}
 
 
 def write_decisions(path: Path, rows: Iterable[dict[str, Any]]) -> int:

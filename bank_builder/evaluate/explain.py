@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from app.engine import JiSiParams
-from bank_builder.evaluate.replay import BankLike, Queries, ReplayResult, replay_queries
+from bank_builder.evaluate.replay import FAILED, BankLike, Queries, ReplayResult, chosen, replay_queries
 from bank_builder.evaluate.stats import Bootstrap
 from bank_builder.records import RecordMatrix
 
@@ -42,7 +42,7 @@ def explain(bank: BankLike, test: RecordMatrix, queries: Queries, params: JiSiPa
             best_single: np.ndarray, boot: Bootstrap, prices: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
     score = np.where(test.present, test.score, 0.0)
     rows = np.arange(len(run.route_choice))
-    route_ok, best_ok = score[rows, run.route_choice] > 0.5, score[rows, best_single] > 0.5
+    route_ok, best_ok = chosen(score, run.route_choice) > 0.5, score[rows, best_single] > 0.5
     differ = run.route_choice != best_single
     models = bank.models
     leader_ok = score[rows, run.retrieval_choice]
@@ -53,9 +53,9 @@ def explain(bank: BankLike, test: RecordMatrix, queries: Queries, params: JiSiPa
             "router_right_best_single_wrong": int((differ & route_ok & ~best_ok).sum()),
             "router_wrong_best_single_right": int((differ & ~route_ok & best_ok).sum()),
             "both_right": int((differ & route_ok & best_ok).sum()), "both_wrong": int((differ & ~route_ok & ~best_ok).sum()),
-            "models_picked": dict(Counter(models[j] for j in run.route_choice[differ]).most_common(8)),
+            "models_picked": dict(Counter(models[j] if j >= 0 else FAILED for j in run.route_choice[differ]).most_common(8)),
             "models_picked_when_it_lost": dict(Counter(
-                models[j] for j in run.route_choice[differ & ~route_ok & best_ok]).most_common(8)),
+                models[j] if j >= 0 else FAILED for j in run.route_choice[differ & ~route_ok & best_ok]).most_common(8)),
         },
         "support": {
             "size_mean": {"agree": _mean(run.support_sizes[~differ]), "disagree": _mean(run.support_sizes[differ])},
@@ -66,21 +66,21 @@ def explain(bank: BankLike, test: RecordMatrix, queries: Queries, params: JiSiPa
         "winners_curse": {"leader_support_accuracy": _mean(run.leader_estimate), "leader_realised": _mean(leader_ok)},
         "datasets": sorted(set(test.datasets)),
     }
-    reference = score[rows, run.route_choice]
+    reference = chosen(score, run.route_choice)
     terms = []
     for label, name in TERMS:
         weights = {"eps": params.eps, "sigma": params.sigma, "delta": params.delta, name: 0.0}
         if sum(weights.values()) == 0:
             continue
         without = replay_queries(bank, queries, params.with_overrides(weights), prices=prices)
-        correct = score[rows, without.route_choice]
+        correct = chosen(score, without.route_choice)
         terms.append({"term": label, "choice_changed": float(np.mean(without.route_choice != run.route_choice)),
                       "delta_if_removed": boot.paired(correct, reference)})
     out["terms"] = terms
     ablations = []
     for label, change in ABLATIONS:
         variant = replay_queries(bank, queries, params.with_overrides(change), prices=prices)
-        correct = score[rows, variant.route_choice]
+        correct = chosen(score, variant.route_choice)
         ablations.append({"ablation": label, "change": change, "average": boot.point(correct),
                           "ci95": list(boot.interval(correct)), "delta": boot.paired(correct, reference),
                           "support_size_mean": float(variant.support_sizes.mean())})

@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bank_builder.evaluate.replay import FAILED  # noqa: E402
+
 TOP_N = 10  # models shown by name; the rest are one 'other' bar so 50 models stay legible
 OTHER = "other"
 SWEEP_COLOURS = ("tab:orange", "tab:green", "tab:purple", "tab:brown")  # cycled: a knob line is never dropped
@@ -123,7 +125,7 @@ def plot_model_selection(
     model's share of final-set memberships (right). The TOP_N most used models overall get a
     name and a fixed colour in both panels; the rest are grouped as 'other'."""
     datasets = sorted(set(datasets_test))
-    route_names = [models[int(j)] for j in route_choice]
+    route_names = [models[int(j)] if j >= 0 else FAILED for j in route_choice]
     final_names = [[models[int(j)] for j in fs] for fs in final_sets]
     usage = Counter(route_names) + Counter(m for fs in final_names for m in fs)
     keep = [m for m, _ in usage.most_common(TOP_N)]

@@ -88,10 +88,11 @@ class QuorumModel:
     latency_s: np.ndarray  # Nq x M seconds
     settings: ResilienceSettings
 
-    def cut(self, q: int, candidates: np.ndarray) -> np.ndarray:
-        """Per candidate (in order), whether the fan-out cancels it on query q."""
+    def cut(self, q: int, answering: np.ndarray, fanned_out: int) -> np.ndarray:
+        """Per answering candidate (in order), whether the fan-out to `fanned_out` candidates cancels it on query q
+        (the quorum is of the fan-out; a failed call does not count towards it)."""
         s = self.settings
-        return np.array(quorum_cut(self.latency_s[q, candidates].tolist(), s.quorum_of(len(candidates)),
+        return np.array(quorum_cut(self.latency_s[q, answering].tolist(), s.quorum_of(fanned_out),
                                    s.quorum_grace_s, s.quorum_grace_ratio), dtype=bool)
 
 
@@ -114,6 +115,15 @@ class ReplayResult:
     leader_estimate: np.ndarray  # the coarse leader's support-set accuracy, g_j / Σ w_i (the winner's curse)
     timing: dict[str, float] = field(default_factory=dict)
     cut: list[np.ndarray] = field(default_factory=list)  # candidates the quorum cancelled (with a QuorumModel)
+
+
+FAILED = "(every call failed)"  # how a -1 choice is named in reports
+
+
+def chosen(score: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """Per query, the score of the chosen model; 0 where the choice is -1 (every call failed: a failed request)."""
+    choice = np.asarray(choice, dtype=np.int64)
+    return np.where(choice >= 0, score[np.arange(choice.size), np.maximum(choice, 0)], 0.0)
 
 
 def empty_answers(matrix: RecordMatrix) -> np.ndarray:
@@ -141,8 +151,8 @@ def cost_forecaster(costs: CostModel, prompt_tokens: float) -> Callable[[np.ndar
 
 
 def _fallback(answered: np.ndarray, empty: np.ndarray, gf: np.ndarray) -> int:
-    """When the final set lost every member to the quorum: the best answered candidate by g^f that said something
-    (ties: lower index), as app/pipeline/prepare.py's _final_set does."""
+    """When the final set lost every member (cancelled by the quorum, or its call failed): the best answered
+    candidate by g^f that said something (ties: lower index), as app/pipeline/prepare.py's _final_set does."""
     said = [int(j) for j in answered if not empty[j]] or [int(j) for j in answered]
     return min(said, key=lambda j: (-gf[j], j))
 
@@ -151,6 +161,11 @@ def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, pric
                    | None = None, with_confidence: bool = False, progress: bool = False,
                    quorum: QuorumModel | None = None) -> ReplayResult:
     """Every query through plan -> (recorded answers) -> decide, and through the shortcut's path.
+
+    As online, every model of the bank may be chosen (the engine leaves out those without evidence in the support
+    set); a call to a model without a recorded answer to this question fails, as the replay upstream's 404 fails
+    it online: the model drops out of the fan-out and is never called again for the query. A query whose every
+    call failed is a failed request (choice -1, scored wrong).
 
     `prices` (per model, USD per million input / output tokens, NaN where unknown) feed the cost-aware ranking
     when cost_weight > 0 (unpriced models: the bank's recorded costs); `with_confidence` computes the shortcut's
@@ -167,53 +182,71 @@ def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, pric
     costs = cost_model(bank, prices)
     search_s = engine_s = 0.0
     for q in tqdm(range(n), desc="replay", disable=not progress, unit="query"):
-        eligible = queries.present[q]  # a model without a recorded answer cannot stand in for a live call
+        recorded, empty = queries.present[q], queries.empty[q]
         t1 = time.perf_counter()
         sims, ids = bank.search(queries.e[q], params.max_support + 1)
         t2 = time.perf_counter()
-        planned = plan(sims, ids, bank.v, bank.present, params, eligible, prior=bank.mu,
+        planned = plan(sims, ids, bank.v, bank.present, params, None, prior=bank.mu,
                        cost=cost_forecaster(costs, queries.prompt_tokens[q]))
+        eligible = planned.eligible
         cands = planned.candidates
-        out.retrieval_choice[q] = cands[0]
         out.candidates[q, : cands.size] = cands
-        # the shortcut's path: the candidates one at a time until one answers with text
-        calls, out.shortcut_choice[q] = shortcut_choice([int(j) for j in cands], lambda j: bool(queries.empty[q, j]))
+        # the retrieval baseline (top-1 of the coarse ranking) is offline only: its best model with a record
+        with_record = eligible & recorded
+        out.retrieval_choice[q] = top_k(planned.coarse.rank, 1, with_record)[0] if with_record.any() else cands[0]
+        # the shortcut's path: the candidates one at a time until one answers with text (a failed call: the next)
+        answering = [int(j) for j in cands if recorded[j]]
+        calls, choice = shortcut_choice(answering, lambda j: bool(empty[j])) if answering else ([], -1)
         out.shortcut_calls.append(np.asarray(calls, np.int64))
+        out.shortcut_choice[q] = choice
         if planned.confidence is not None:
             out.confidence[q] = planned.confidence
         elif with_confidence:
             out.confidence[q] = leader_probability(
                 bank.v[planned.support.ids], bank.present[planned.support.ids], weights(planned.support.s),
                 int(cands[0]), params.lam, bank.mu, planned.cost, params.cost_weight, eligible)
-        # the full fan-out: every candidate's recorded answer (less those the quorum cancels), an empty one not
-        # chosen while another said something
-        cut = quorum.cut(q, cands) if quorum is not None else np.zeros(cands.size, bool)
-        answered = cands[~cut]
-        out.cut.append(cands[cut])
+        # the full fan-out: the candidates' recorded answers, less the calls that fail (no record) and those the
+        # quorum cancels (it counts the answers that arrive: failed calls do not make the quorum)
+        lost = ~recorded[cands]
+        if quorum is not None and (~lost).any():
+            lost[~lost] = quorum.cut(q, cands[~lost], cands.size)
+        answered = cands[~lost]
+        out.cut.append(cands[lost])
+        w = weights(planned.support.s)
+        out.aggregators[q] = planned.aggregator
+        out.support_sizes[q] = planned.support.ids.size
+        out.capped[q] = planned.support.capped
+        out.support_similarity[q] = float(planned.support.s.mean())
+        out.leader_estimate[q] = float(planned.coarse.g[cands[0]] / w.sum()) if w.sum() > 0 else 0.0
+        if answered.size == 0:  # every candidate failed: online, a 502 (upstreams_failed)
+            out.route_choice[q] = -1
+            out.aggregate_sets.append(np.zeros(0, np.int64))
+            out.final_sets.append(np.zeros(0, np.int64))
+            out.outcomes.append("route")
+            engine_s += time.perf_counter() - t2
+            search_s += t2 - t1
+            continue
         live = LiveResponses(models=answered, r=np.stack([queries.r[j][q] for j in answered]),
                              c=queries.c[q, answered])
         final_eligible = eligible.copy()
-        empty = answered[queries.empty[q, answered]]
-        if 0 < empty.size < answered.size:
-            final_eligible[empty] = False
+        said_nothing = answered[empty[answered]]
+        if 0 < said_nothing.size < answered.size:  # an empty answer is not chosen while another said something
+            final_eligible[said_nothing] = False
         view = bank.view(planned.support.ids, answered)
         decision = decide(planned, view, live, params, "adaptive", final_eligible, prior=bank.mu)
         routed, _ = final_set(decision.mixed.gf, params, "route", decision.eligible, planned.cost)
         tokens = {j: float(queries.c[q, j]) for j in range(m)}
         engine_s += time.perf_counter() - t2
         search_s += t2 - t1
-        fallback = _fallback(answered, queries.empty[q], decision.mixed.gf)
-        out.route_choice[q] = fallback if routed[0] in cands[cut] else routed[0]
+        # a final-set model is called when it was not a candidate; it fails without a record; a model that failed
+        # or was cancelled is never called again: the final set goes on without it, or falls back
+        failed = set(cands[lost].tolist()) | {int(j) for j in range(m) if not recorded[j]}
+        fallback = _fallback(answered, empty, decision.mixed.gf)
+        out.route_choice[q] = fallback if int(routed[0]) in failed else routed[0]
         out.aggregate_sets.append(truncate_aggregatees(top_k(decision.mixed.gf, k, final_eligible), tokens, params))
-        final = [j for j in decision.final if j not in cands[cut]] or [fallback]  # never called twice online
+        final = [j for j in decision.final if int(j) not in failed] or [fallback]
         out.final_sets.append(truncate_aggregatees(np.asarray(final, np.int64), tokens, params))
         out.outcomes.append(decision.outcome)
-        out.aggregators[q] = planned.aggregator
-        out.support_sizes[q] = planned.support.ids.size
-        out.capped[q] = planned.support.capped
-        w = weights(planned.support.s)
-        out.support_similarity[q] = float(planned.support.s.mean())
-        out.leader_estimate[q] = float(planned.coarse.g[cands[0]] / w.sum()) if w.sum() > 0 else 0.0
     out.timing = {"search_ms_per_query": 1000 * search_s / max(n, 1),
                   "engine_ms_per_query": 1000 * engine_s / max(n, 1)}
     return out

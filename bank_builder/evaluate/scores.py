@@ -205,7 +205,8 @@ def _switch_stats(rows, score, models, final_sets, aggregators, outcomes, calls,
         "final_set_sizes": dict(sorted(Counter(len(final_sets[q]) for q in rows).items())),
         "calls_per_query": _mean(calls[rows]),
         "cost_per_query_usd": _mean(cost[rows]),
-        "route_accuracy_on_routed": _mean(np.array([score[q, int(final_sets[q][0])] for q in routed])),
+        "route_accuracy_on_routed": _mean(np.array([score[q, int(final_sets[q][0])] if len(final_sets[q]) else 0.0
+                                                    for q in routed])),
         # the best an aggregator could do if it always found a correct aggregatee
         "oracle_of_final_set_on_aggregated": _mean(
             np.array([score[q, np.asarray(final_sets[q], dtype=np.int64)].max() for q in aggregated])
