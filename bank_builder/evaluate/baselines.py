@@ -8,8 +8,9 @@ next-ranked present model, so a gap in the data is not mistaken for a wrong answ
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -41,6 +42,16 @@ def first_present(ranking: np.ndarray, present_test: np.ndarray) -> np.ndarray:
     ok = np.take_along_axis(present_test, order, axis=1)
     pos = np.where(ok.any(axis=1), ok.argmax(axis=1), 0)
     return order[np.arange(order.shape[0]), pos].astype(np.int64)
+
+
+def fingerprint(*arrays: np.ndarray, decimals: int = 6) -> str:
+    """sha256 of the arrays rounded to `decimals` (shapes included): a fitted state, compared across runs."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        rounded = np.round(np.asarray(a, dtype=np.float64), decimals) + 0.0  # + 0.0: -0.0 hashes as 0.0
+        digest.update(repr(rounded.shape).encode())
+        digest.update(np.ascontiguousarray(rounded).tobytes())
+    return digest.hexdigest()
 
 
 def best_single(score_train: np.ndarray, present_train: np.ndarray) -> int:
@@ -99,6 +110,7 @@ def cluster_router(
     n_clusters: int | None = None,
     seed: int = 42,
     present_test: np.ndarray | None = None,
+    fitted: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Avengers-style router: k-means over train query embeddings, best train model per cluster.
 
@@ -106,6 +118,8 @@ def cluster_router(
     their accuracy on the cluster's present records; ties (frequent with ~20 queries) go to the
     better model on the whole train split, then the lower index; a model with no record in the
     cluster ranks last. With present_test, a missing record falls back to the cluster's next model.
+    With `fitted`, it receives what was chosen on train: n_clusters, the centroids' fingerprint, the
+    cluster sizes and each cluster's best model (an index).
     """
     k = default_n_clusters(len(e_train)) if n_clusters is None else min(n_clusters, len(e_train))
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(np.asarray(e_train, np.float64))
@@ -116,6 +130,9 @@ def cluster_router(
             for c in range(k)
         ]
     )
+    if fitted is not None:
+        fitted.update(n_clusters=k, centroids_sha256=fingerprint(km.cluster_centers_),
+                      sizes=np.bincount(km.labels_, minlength=k).tolist(), best_model=rankings[:, 0].tolist())
     test_cluster = km.predict(np.asarray(e_test, np.float64))
     if present_test is None:
         return rankings[test_cluster, 0].astype(np.int64)

@@ -229,6 +229,10 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
                                       test.prompt_tokens, test.completion_tokens, test.models, prices)
     results = {
         "methods": methods,
+        # every choice made on the train split alone (tests/offline/test_choice_leak.py)
+        "choices": {**M.choices(outcomes),
+                    **({"jisi_calibrated": {"params": calibration["params"], "shortcut": chosen.shortcut,
+                                            "cost_weight": chosen.cost_weight}} if calibration else {})},
         "not_replayable": M.NOT_REPLAYABLE,
         **({"calibration": {k: v for k, v in calibration.items() if k != "tried"},
             "cost_frontier": frontier_rows,

@@ -10,11 +10,13 @@ well under a minute on two cores.
 
 from __future__ import annotations
 
+from typing import Any
+
 import faiss
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from bank_builder.evaluate.baselines import first_present, rank_models, train_accuracy
+from bank_builder.evaluate.baselines import fingerprint, first_present, rank_models, train_accuracy
 
 KNN_KS = (10, 25, 50, 100)  # the kNN router's k, chosen by leave-one-out on the train split
 
@@ -28,27 +30,36 @@ def _choose(scores: np.ndarray, present_test: np.ndarray) -> np.ndarray:
 
 def correctness_predictor(e_train: np.ndarray, score_train: np.ndarray, present_train: np.ndarray,
                           e_test: np.ndarray, present_test: np.ndarray, *, c: float = 1.0,
-                          seed: int = 42) -> np.ndarray:
+                          seed: int = 42, fitted: dict[str, Any] | None = None) -> np.ndarray:
     """One logistic regression per model, P(correct | query embedding), trained on that model's train
-    records; each test query goes to the model with the highest predicted probability."""
+    records; each test query goes to the model with the highest predicted probability. With `fitted`, it
+    receives a fingerprint of the fitted weights (a one-class model: its constant rate)."""
     m = score_train.shape[1]
     prob = np.zeros((len(e_test), m))
+    weights: list[np.ndarray] = []
     for j in range(m):
         rows = np.flatnonzero(present_train[:, j])
         y = (score_train[rows, j] > 0.5).astype(int)
         if rows.size == 0 or y.min() == y.max():  # one class only: its rate is the prediction
-            prob[:, j] = y.mean() if rows.size else 0.0
+            rate = float(y.mean()) if rows.size else 0.0
+            prob[:, j] = rate
+            weights.append(np.array([rate]))
             continue
         model = LogisticRegression(C=c, max_iter=1000, random_state=seed).fit(e_train[rows], y)
         prob[:, j] = model.predict_proba(e_test)[:, 1]
+        weights.append(np.r_[model.coef_.ravel(), model.intercept_])
+    if fitted is not None:
+        fitted["weights_sha256"] = fingerprint(*weights)
     return _choose(prob, present_test)
 
 
 def mf_router(e_train: np.ndarray, score_train: np.ndarray, present_train: np.ndarray, e_test: np.ndarray,
               present_test: np.ndarray, *, dim: int = 64, epochs: int = 40, lr: float = 3e-3,
-              weight_decay: float = 1e-5, batch: int = 2048, seed: int = 42) -> np.ndarray:
+              weight_decay: float = 1e-5, batch: int = 2048, seed: int = 42,
+              fitted: dict[str, Any] | None = None) -> np.ndarray:
     """EmbedLLM / RouteLLM-mf style: logit(q, m) = (W e_q) . v_m + b_m, trained with binary cross-entropy on
-    every (train query, model) record; a test query goes to the model with the largest logit."""
+    every (train query, model) record; a test query goes to the model with the largest logit. With `fitted`,
+    it receives a fingerprint of the trained W, v and b."""
     import torch
 
     torch.manual_seed(seed)
@@ -77,6 +88,9 @@ def mf_router(e_train: np.ndarray, score_train: np.ndarray, present_train: np.nd
     with torch.no_grad():
         q = proj(torch.from_numpy(np.ascontiguousarray(e_test, dtype=np.float32)))
         logits = (q @ models.weight.T + bias.weight.T).numpy()
+        if fitted is not None:
+            fitted["weights_sha256"] = fingerprint(proj.weight.numpy(), models.weight.numpy(), bias.weight.numpy(),
+                                                   decimals=4)
     return _choose(logits, present_test)
 
 
@@ -113,10 +127,12 @@ def knn_router(e_train: np.ndarray, score_train: np.ndarray, present_train: np.n
 
 
 def best_per_dataset(score_train: np.ndarray, present_train: np.ndarray, datasets_train: np.ndarray,
-                     datasets_test: np.ndarray, present_test: np.ndarray) -> np.ndarray:
+                     datasets_test: np.ndarray, present_test: np.ndarray, *,
+                     fitted: dict[str, Any] | None = None) -> np.ndarray:
     """LLMRouterBench's "Max Expert" / the papers' "best LLM per benchmark", chosen on the TRAIN split: each
     test query goes to the model most accurate on its dataset's train records (next best where it has none).
-    It knows each query's dataset, which a deployed router does not."""
+    It knows each query's dataset, which a deployed router does not. With `fitted`, it receives each test
+    dataset's best train model (an index)."""
     labels_train, labels_test = np.asarray(datasets_train), np.asarray(datasets_test)
     overall = train_accuracy(score_train, present_train)
     out = np.zeros(len(labels_test), dtype=np.int64)
@@ -124,6 +140,8 @@ def best_per_dataset(score_train: np.ndarray, present_train: np.ndarray, dataset
         rows = labels_train == d
         ranking = rank_models(train_accuracy(score_train[rows], present_train[rows]), overall) if rows.any() \
             else rank_models(overall)
+        if fitted is not None:
+            fitted[str(d)] = int(ranking[0])
         test_rows = np.flatnonzero(labels_test == d)
         out[test_rows] = first_present(ranking, present_test[test_rows])
     return out
