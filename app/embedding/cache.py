@@ -301,6 +301,9 @@ class CachedEmbedder:
         self.cache_namespace += "" if self.truncation == "head" else f"[{self.truncation}]"
         self.cache_namespace += f"[{self.digest}]" if self.digest else ""
         self.cache_namespace += "" if self.normalize else "[unnormalized]"
+        # a backend whose vectors changed in the last bits (MiniLM, once its batches stopped padding) keeps its
+        # name, which banks record, and leaves the rows embedded the old way behind
+        self.cache_namespace += f"[{inner.scheme}]" if getattr(inner, "scheme", None) else ""
 
     @property
     def dim(self) -> int:

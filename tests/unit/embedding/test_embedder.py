@@ -76,6 +76,18 @@ def test_minilm_rows_unit_norm_and_semantic(minilm):
         minilm.embed("a bare string")
 
 
+def test_minilm_vector_does_not_depend_on_the_batch(minilm):
+    """A query embeds bit for bit the same alone (a bank build's cached row) and in a micro-batch with texts of
+    other lengths (the gateway under load): padded batches moved it by ~1e-7, enough to flip a float16 rounding."""
+    q = "Cho hiked 14 kilometers per hour for 8 hours. How many kilometers farther did Cho hike?"
+    company = ["Short.", "A somewhat longer question about the boiling point of water at altitude?",
+               "word " * 300, q + " And Chloe?"]
+    alone = minilm.embed([q])[0]
+    for batch in ([*company, q], [q, *company], [company[1], q]):
+        assert np.array_equal(minilm.embed(batch)[batch.index(q)], alone)
+    assert np.array_equal(minilm.embed(company), np.stack([minilm.embed([t])[0] for t in company]))
+
+
 def test_cached_minilm_same_on_hit_and_miss(minilm, tmp_path):
     cached = CachedEmbedder(minilm, tmp_path)
     texts = ["short question", "a rather longer answer " * 20, ""]
