@@ -80,11 +80,12 @@ class Decision:
 
 
 # A model is eligible when its records cover at least this share of the support set's weight, relative to the best
-# covered model. Chosen on zeroeval-bench's train folds (5-fold; its models are absent from whole datasets;
-# docs/evaluation.md): fold accuracy at the paper's defaults 53.6 (any record), 86.4 (0.25), 91.3 (0.5), 92.8
-# (0.75), 93.2 (0.9), 92.5 (1.0). 0.75 rather than 0.9, level within the folds' spread (1.4): a bank with records
-# missing at random (a collect run's timeouts) keeps every model, where 0.9 would drop them by chance (10 % missing
-# leaves a model 0.90 +- 0.04 of a 50-question support set). With complete records nothing changes.
+# covered model. Chosen on zeroeval-bench's train folds (5-fold, `python -m bench.min_evidence`; its models are
+# absent from whole datasets; docs/evaluation.md): fold accuracy at the paper's defaults 53.6 (any record), 86.4
+# (0.25), 91.3 (0.5), 92.8 (0.75), 93.2 (0.9), 92.5 (1.0). 0.75 rather than 0.9, level within the folds' spread
+# (1.4): a bank with records missing at random (a collect run's timeouts) keeps every model, where 0.9 would drop
+# them by chance (10 % missing leaves a model 0.90 +- 0.04 of a 50-question support set). With complete records
+# nothing changes.
 MIN_EVIDENCE = 0.75
 
 
