@@ -137,7 +137,9 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     out = [
         "# JiSi offline evaluation", "",
         f"Split: {config.get('split', '-')}; {config.get('train_queries', '-')} bank (train) and "
-        f"{config.get('test_queries', '-')} test questions.", "",
+        f"{config.get('test_queries', '-')} test questions"
+        + (f"; {config['duplicates_grouped']} questions that have an identical twin in their dataset (whitespace "
+           "and case aside) kept on one side with it." if config.get("duplicates_grouped") else "."), "",
         "Accuracy in %; Avg is the mean of the per-dataset accuracies (as Table 1), with its 95 % bootstrap",
         f"interval ({boot.get('resamples', '-')} resamples of the test questions, stratified by dataset). Costs in",
         "USD per query, unknown prices counted as 0 (see `unpriced_calls_per_query` in results.json); the",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bank_builder.cli import main
+from bank_builder.evaluate.report import format_markdown
 from tests.conftest import PRICES
 
 METHODS = ["best_single", "oracle", "random", "retrieval", "cluster", "majority_vote", "jisi_route"]
@@ -61,6 +62,11 @@ def test_evaluate_on_mini_bench(tmp_path: Path, mini_bench: Path, embedding_cach
     assert sum(switch["aggregators"].values()) == round(switch["aggregate_share"] * 135)
     assert results["config"]["test_queries"] == 135 and results["config"]["train_queries"] == 315
     assert results["support"]["mean_size"] >= 50  # N_base = 50 and the bank holds 315 queries
-    assert (out / "results.md").read_text().count("jisi_route") >= 1
+    markdown = (out / "results.md").read_text()
+    assert markdown.count("jisi_route") >= 1
+    # mini-bench has no question twice; where a set has, the report says how many the split kept together
+    assert results["config"]["duplicates_grouped"] == 0 and "identical twin" not in markdown
+    results["config"]["duplicates_grouped"] = 4
+    assert "4 questions that have an identical twin" in format_markdown(results)
     assert (out / "accuracy_vs_cost.png").stat().st_size > 10_000
     assert (out / "model_selection.png").stat().st_size > 10_000
