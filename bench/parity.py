@@ -2,6 +2,7 @@
 
     python -m bench.parity --records ../shared/data/mini-bench.tar.gz [--max-queries N] [--out DIR]
                            [--prices ../shared/data/prices.json] [--latency-ms 0 | MEDIAN[,SIGMA]] [--quorum-slack 0]
+                           [--model-quorum] [--static-responses]
 
 1. `jisi-bank evaluate --calibrate --decisions` on the records: a bank from the train split at the paper's
    defaults, the calibration on the train folds, and decisions.jsonl (every test question x jisi_route,
@@ -17,8 +18,9 @@
    parity.json, and exits 1 below --min-agreement.
 
 With --latency-ms above 0 the replay upstream answers after each model's seeded latency, and the gateway's
-quorum (answer once K − quorum_slack candidates answered, then a grace) can cut the slowest candidate, which the
-evaluator does not model: the agreement then measures what the quorum changes.
+quorum (answer once K − quorum_slack candidates answered, then a grace) can cut the slowest candidate. Without
+--model-quorum the evaluator scores every recorded answer, and the agreement measures what the quorum changes; with
+it the evaluator replays the quorum against the same seeded latencies (`evaluate --quorum`) and parity holds again.
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ class SentenceTransformerEmbedder:
                  max_seq_length: int | None = None, normalize: bool = True, truncation: str = "head") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede the import: no hub on this machine
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
         from sentence_transformers import SentenceTransformer
 
         path = resolve_model_path(model)
@@ -98,7 +99,14 @@ class SentenceTransformerEmbedder:
         self.max_seq_length: int | None = self._model.max_seq_length  # texts are truncated to this many tokens
         self.normalize, self.batch_size = normalize, batch_size
         self.truncation = truncation
-        self.scheme = "unpadded"  # the cache's rows embedded as embed() does (see there)
+        # The model computes in float64 so that a text's vector does not depend on its batch. In float32 it does:
+        # a batch's size picks the matrix kernels, and the same text alone or among others of its length came out
+        # ~1e-7 apart, which moved the float16 that the bank and the engine keep in 79 of 160 zeroeval queries and
+        # 2 of 321 candidate sets in bench.parity (the gateway's micro-batch against the evaluator's batch). In
+        # float64 the two differ by at most one float32 step (7e-9) and no float16 moved; it embeds at ~0.65x
+        # float32's speed (grouped, 2 cores), where each text alone in float32 (exact) ran at ~0.55x.
+        self._model.to(torch.float64)
+        self.scheme = "float64"  # the cache's rows embedded as embed() does (see there)
 
     def head_and_tail(self, texts: list[str]) -> list[str]:
         """Texts over the token budget cut to the first and the last half of it (at token boundaries of the
@@ -127,11 +135,9 @@ class SentenceTransformerEmbedder:
             return np.zeros((0, self.dim), np.float32)
         if self.truncation == "head_tail":
             texts = self.head_and_tail(texts)
-        # One batch per token length, so nothing is padded: padding moves a text's vector in its last bits
-        # (7.6e-08 on MiniLM, enough to flip a float16 rounding, and once in 318 zeroeval questions the order of
-        # two candidates), so with it a query embedded in the gateway's micro-batch and in a bank build would
-        # differ. Unpadded, a text's vector is the same alone or in any company, and mixed batches got faster
-        # on 2 cores (32 texts: 43 against 25 texts/s).
+        # One batch per token length, so nothing is padded: padding moved a text's vector in its last bits too
+        # (7.6e-08 in float32, enough to flip a float16 rounding and once in 318 zeroeval questions the order of
+        # two candidates), and mixed batches got faster on 2 cores (32 texts: 43 against 25 texts/s).
         lengths = self.token_lengths(texts)
         out = np.empty((len(texts), self.dim), np.float32)
         groups = [np.flatnonzero(lengths == n) for n in np.unique(lengths)]

@@ -77,15 +77,22 @@ def test_minilm_rows_unit_norm_and_semantic(minilm):
 
 
 def test_minilm_vector_does_not_depend_on_the_batch(minilm):
-    """A query embeds bit for bit the same alone (a bank build's cached row) and in a micro-batch with texts of
-    other lengths (the gateway under load): padded batches moved it by ~1e-7, enough to flip a float16 rounding."""
+    """A query embeds the same alone (a bank build's cached row) and in a micro-batch (the gateway under load), in
+    the float16 the bank and the engine keep: padded batches moved it by ~1e-7, and so did the batch's size among
+    texts of one token length (float32 kernels), each enough to flip a float16 rounding."""
     q = "Cho hiked 14 kilometers per hour for 8 hours. How many kilometers farther did Cho hike?"
+    twins = [q.replace("14", str(n)).replace("8 hours", f"{h} hours") for n, h in ((12, 5), (16, 3), (18, 7), (11, 9),
+                                                                                    (13, 6), (17, 2), (19, 4))]
+    assert len(set(minilm.token_lengths([q, *twins]))) == 1  # one token length: one batch, nothing padded
     company = ["Short.", "A somewhat longer question about the boiling point of water at altitude?",
-               "word " * 300, q + " And Chloe?"]
+               "word " * 300, q + " And Chloe?", *twins]
     alone = minilm.embed([q])[0]
-    for batch in ([*company, q], [q, *company], [company[1], q]):
-        assert np.array_equal(minilm.embed(batch)[batch.index(q)], alone)
-    assert np.array_equal(minilm.embed(company), np.stack([minilm.embed([t])[0] for t in company]))
+    for batch in ([*company, q], [q, *company], [company[1], q], [*twins[:3], q], [q, twins[0]]):
+        together = minilm.embed(batch)[batch.index(q)]
+        assert np.array_equal(together.astype(np.float16), alone.astype(np.float16))
+        assert np.abs(together - alone).max() < 1e-8  # at most a float32 step apart
+    each = np.stack([minilm.embed([t])[0] for t in company])
+    assert np.array_equal(minilm.embed(company).astype(np.float16), each.astype(np.float16))
 
 
 def test_cached_minilm_same_on_hit_and_miss(minilm, tmp_path):
