@@ -103,8 +103,9 @@ class SentenceTransformerEmbedder:
         # a batch's size picks the matrix kernels, and the same text alone or among others of its length came out
         # ~1e-7 apart, which moved the float16 that the bank and the engine keep in 79 of 160 zeroeval queries and
         # 2 of 321 candidate sets in bench.parity (the gateway's micro-batch against the evaluator's batch). In
-        # float64 the two differ by at most one float32 step (7e-9) and no float16 moved; it embeds at ~0.65x
-        # float32's speed (grouped, 2 cores), where each text alone in float32 (exact) ran at ~0.55x.
+        # float64 the two differ by at most one float32 step (7e-9) and no float16 moved. It costs speed, measured
+        # on 2 cores in one run: 35 against 72 texts/s batched, 36 against 19 ms for a query alone; issue 19's
+        # static embedder (batch-invariant as it is) is where the request path's speed is decided.
         self._model.to(torch.float64)
         self.scheme = "float64"  # the cache's rows embedded as embed() does (see there)
 
