@@ -40,15 +40,31 @@ def test_the_distilled_model_is_made_once_and_reused(static_embedder):
     assert np.array_equal(again.embed(["same text"]), StoredPrecision(static_embedder).embed(["same text"]))
 
 
-def test_it_is_much_faster_than_the_transformer(static_embedder, minilm):
-    texts = [f"Question {i}: how many apples are left when {i} of {2 * i + 7} are eaten?" for i in range(400)]
-    started = time.perf_counter()
-    static_embedder.embed(texts)
-    static_s = time.perf_counter() - started
-    started = time.perf_counter()
-    minilm.inner.embed(texts[:40])  # uncached: a tenth of the texts
-    minilm_s = (time.perf_counter() - started) * 10
-    assert static_s * 10 < minilm_s  # measured ~250x on two cores; 10x leaves room for a busy machine
+# The static model distilled from the packaged MiniLM, as every fresh machine makes it (issue 19): the token
+# vectors' digest, which banks record. It moves only with the recipe (DISTILL_FORMAT), model2vec's vocabulary
+# handling or the packaged MiniLM, and then every static bank must be rebuilt.
+PINNED_DIGEST = "9242feeb0784dd15"
+
+
+def test_the_distillation_gives_the_same_model_on_every_machine(static_embedder):
+    assert static_embedder.digest == PINNED_DIGEST, (
+        "the static model distilled here differs from the pinned one: the distillation is no longer deterministic, "
+        "or its recipe or inputs changed (then bump DISTILL_FORMAT and pin the new digest)")
+
+
+def test_the_pca_matches_scikit_learns_up_to_its_sign_rule():
+    from sklearn.decomposition import PCA
+
+    from app.embedding.static import principal_components
+
+    x = np.random.default_rng(0).normal(size=(500, 12)) @ np.diag(np.arange(12, 0, -1.0))
+    ours = principal_components(x, 5)
+    theirs = PCA(n_components=5, svd_solver="full").fit_transform(x)
+    signs = np.sign((ours * theirs).sum(axis=0))
+    assert np.allclose(ours, theirs * signs, atol=1e-9)
+    largest = np.argmax(np.abs(ours), axis=0)
+    assert (ours[largest, np.arange(5)] > 0).all()  # each axis signed so that its largest projection is positive
+    assert np.array_equal(principal_components(x, 5), ours)
 
 
 def test_head_and_tail_keeps_both_ends_of_a_long_answer(minilm):
@@ -96,7 +112,7 @@ async def test_the_app_refuses_to_start_on_a_mismatched_bank(split_bank, minilm,
     from app.http.app import create_app
 
     models = read_manifest(split_bank).models
-    settings = Settings(bank_path=split_bank, embedder=EmbedderSettings(cache_dir=tmp_path),
+    settings = Settings(bank_path=split_bank, embedder=EmbedderSettings(backend="local", cache_dir=tmp_path),
                         upstreams=[UpstreamSettings(name=m, base_url="http://127.0.0.1:9/v1") for m in models])
     app = create_app(settings, embedder=minilm)  # no response embedder configured: the query one, MiniLM
     with pytest.raises(BankError, match="embedded its responses with another embedder"):
