@@ -44,16 +44,20 @@ def default_cache_dir() -> Path:
 
 
 class EmbedderSettings(BaseModel):
-    # local: sentence-transformers in process; remote: an OpenAI-compatible /v1/embeddings server; static: a
-    # model2vec model distilled once from `model` (or a model2vec folder), ~250x faster on a CPU
-    backend: Literal["local", "remote", "static"] = "local"
+    # static (the default since issue 19): a model2vec model distilled once from `model` (or a model2vec folder),
+    # ~0.1 ms a query on a CPU and inside MiniLM's routing accuracy (docs/evaluation.md, "Issue 19"); local:
+    # sentence-transformers in process (MiniLM: ~20-40 ms a query); remote: an OpenAI-compatible /v1/embeddings server
+    backend: Literal["local", "remote", "static"] = "static"
     model: str = DEFAULT_EMBEDDING_MODEL  # a name, a local path, or the remote server's model id
     device: str = "cpu"
     # torch intra-op threads for a local model; None keeps torch's default (one per core). 1 helps when other
     # processes compete for the cores; on an otherwise idle 2-core box the default was faster (benchmarks.md)
     threads: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1)
-    max_seq_length: int | None = Field(256, ge=8)  # tokens embedded per text (static: None embeds every token)
+    # tokens embedded per text, queries and responses alike (so `jisi-bank build` and the gateway agree when
+    # neither sets it); 256 bounds what one long answer costs on the request path. None: the backend's own (local:
+    # the model's limit; static: every token; remote: the server's)
+    max_seq_length: int | None = Field(256, ge=8)
     truncation: Literal["head", "head_tail"] = "head"  # what of a longer text is kept (local backend)
     normalize: bool = True
     # remote backend: an OpenAI-compatible /v1/embeddings server
@@ -67,6 +71,9 @@ class EmbedderSettings(BaseModel):
 class BatchingSettings(BaseModel):
     """How concurrent requests' texts are coalesced into one embedding-model call (micro-batching)."""
 
+    # auto: inline on the event loop for a model that costs microseconds (static), batched on a worker thread
+    # for the others; inline / batched force one
+    mode: Literal["auto", "inline", "batched"] = "auto"
     max_batch: int = Field(64, ge=1)  # texts per model call (a single larger request still goes alone)
     max_wait_ms: float = Field(2.0, ge=0)  # how long to hold a batch open for more, only under load
 

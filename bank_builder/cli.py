@@ -58,7 +58,9 @@ def _add_embedder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--embedding-url", help="base URL of an OpenAI-compatible /v1/embeddings server")
     group.add_argument("--device", help="torch device for the local backend, e.g. cpu or cuda")
     group.add_argument("--batch-size", type=int)
-    group.add_argument("--max-seq-length", type=int)
+    group.add_argument("--max-seq-length", type=int,
+                       help="tokens embedded per text (default 256; 0: the backend's own: the model's limit for "
+                            "local, every token for static)")
     group.add_argument("--truncation", choices=["head", "head_tail"], help="what of a longer text is embedded")
     group.add_argument("--cache-dir", type=Path, help="embedding cache folder (outside the repository)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
@@ -67,7 +69,7 @@ def _add_embedder_options(parser: argparse.ArgumentParser) -> None:
     responses.add_argument("--response-backend", choices=["local", "remote", "static"])
     responses.add_argument("--response-model", help="model name or path, or the remote model id")
     responses.add_argument("--response-max-seq-length", type=int,
-                           help="the responses' token budget (static: 0 embeds every token)")
+                           help="the responses' token budget (0: the backend's own)")
     responses.add_argument("--response-truncation", choices=["head", "head_tail"])
 
 
@@ -81,26 +83,28 @@ def _embedder(base: EmbedderSettings, overrides: dict[str, Any], args: argparse.
 
 
 def embedder_settings(args: argparse.Namespace) -> EmbedderSettings:
-    return _embedder(Settings().embedder, {
+    budget = args.max_seq_length or None  # 0: the backend's own (below)
+    settings = _embedder(Settings().embedder, {
         "backend": args.embedding_backend, "model": args.embedding_model, "base_url": args.embedding_url,
-        "device": args.device, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
+        "device": args.device, "batch_size": args.batch_size, "max_seq_length": budget,
         "truncation": args.truncation}, args)
+    return _backend_budget(settings, args.max_seq_length)
 
 
 def response_embedder_settings(args: argparse.Namespace) -> EmbedderSettings | None:
     """The responses' embedder, or None when they share the query embedder."""
     given = {"backend": args.response_backend, "model": args.response_model,
-             "max_seq_length": args.response_max_seq_length, "truncation": args.response_truncation}
+             "max_seq_length": args.response_max_seq_length or None, "truncation": args.response_truncation}
     base = Settings().response_embedder
-    if base is None and all(v is None for v in given.values()):
+    if base is None and args.response_max_seq_length is None and all(v is None for v in given.values()):
         return None
-    every_token = given["max_seq_length"] == 0 or (given["backend"] == "static" and given["max_seq_length"] is None)
-    if every_token:  # 0, or a static model without a budget: every token (it is cheap there)
-        given["max_seq_length"] = None
-    if given["backend"] == "static" and given["model"] is None:
-        given["model"] = Settings().embedder.model  # distilled from the query embedder's model
     settings = _embedder(base or embedder_settings(args), given, args)
-    return settings.model_copy(update={"max_seq_length": None}) if every_token else settings
+    return _backend_budget(settings, args.response_max_seq_length)
+
+
+def _backend_budget(settings: EmbedderSettings, given: int | None) -> EmbedderSettings:
+    """--*max-seq-length 0: the backend's own budget (EmbedderSettings.max_seq_length None)."""
+    return settings.model_copy(update={"max_seq_length": None}) if given == 0 else settings
 
 
 def _add_replay_options(parser: argparse.ArgumentParser, *, out: str, param: str, split: str) -> None:

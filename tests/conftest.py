@@ -39,7 +39,7 @@ def minilm(embedding_cache_dir: Path):
     from app.embedding import make_embedder
     from app.config import EmbedderSettings
 
-    embedder = make_embedder(EmbedderSettings(cache_dir=embedding_cache_dir))
+    embedder = make_embedder(EmbedderSettings(backend="local", cache_dir=embedding_cache_dir))
     yield embedder
     embedder.close()  # writes what the cache still holds in memory, so JISI_TEST_CACHE reruns reuse it
 

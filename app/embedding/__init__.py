@@ -4,10 +4,20 @@ the request path's micro-batcher (batcher.py); `make_embedder` builds the one th
 from __future__ import annotations
 
 from app.config import EmbedderSettings
-from app.embedding.backends import Embedder, EmbedderError, RemoteEmbedder, SentenceTransformerEmbedder
+from app.embedding.backends import (Embedder, EmbedderError, RemoteEmbedder, SentenceTransformerEmbedder,
+                                    canonical_name)
 from app.embedding.cache import CachedEmbedder, StoredPrecision
 
-__all__ = ["Embedder", "EmbedderError", "make_embedder"]
+__all__ = ["Embedder", "EmbedderError", "embedder_name", "make_embedder"]
+
+
+def embedder_name(settings: EmbedderSettings) -> str:
+    """The name the configured embedder records in a bank, known without loading it."""
+    if settings.backend == "static":
+        from app.embedding.static import static_name
+
+        return static_name(settings.model)
+    return canonical_name(settings.model) if settings.backend == "local" else settings.model
 
 
 def make_embedder(settings: EmbedderSettings, *, use_cache: bool = True) -> Embedder:

@@ -1,8 +1,11 @@
-"""Embedding on the request path, off the event loop, with dynamic micro-batching.
+"""Embedding on the request path: inline for a model that costs microseconds, else off the event loop with
+dynamic micro-batching (`request_path_embedder` picks).
 
-Concurrent requests put (texts, future) on a queue; one worker thread (the model is not re-entrant) takes
-everything queued, makes ONE model call and hands each caller its own rows. A batched call costs far less
-per text than one call per request, so throughput under load approaches the model's batched rate.
+Micro-batching: concurrent requests put (texts, future) on a queue; one worker thread (the model is not
+re-entrant) takes everything queued, makes ONE model call and hands each caller its own rows. A batched call
+costs far less per text than one call per request, so a transformer's throughput under load approaches its
+batched rate. For a static model the hop is the cost: a query embeds in ~0.1 ms on the loop, and the thread
+hand-off, the queue and the loop's wake-up took longer than that (docs/benchmarks.md, "The request path").
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -49,6 +52,47 @@ def _settle(job: _Job, result: np.ndarray | None, error: BaseException | None) -
         job.loop.call_soon_threadsafe(apply)
     except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
         pass
+
+
+class InlineEmbedder:
+    """Embeds on the event loop, in the caller's turn: for models whose call costs less than a thread hop."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self._closed = False
+        self.calls = self.batched_requests = self.texts = 0  # the batcher's counters (metrics read both)
+        self.model_seconds = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.embedder.name
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of strings, not a single string")
+        texts = list(texts)
+        if self._closed:
+            raise EmbedderClosed("the embedder is closed")
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        started = time.perf_counter()
+        try:
+            out = np.asarray(self.embedder.embed(texts))
+        finally:
+            self.model_seconds += time.perf_counter() - started
+            self.calls += 1
+            self.batched_requests += 1
+            self.texts += len(texts)
+        if out.ndim != 2 or out.shape[0] != len(texts):
+            raise RuntimeError(f"embedder returned shape {out.shape} for {len(texts)} texts")
+        return out
+
+    def close(self) -> None:
+        self._closed = True
 
 
 class AsyncEmbedder:
@@ -182,3 +226,14 @@ class AsyncEmbedder:
                 pending.append(item)
         for job in pending:
             _settle(job, None, EmbedderClosed("the embedder was closed before this request was embedded"))
+
+
+RequestPathEmbedder = Union[AsyncEmbedder, InlineEmbedder]
+
+
+def request_path_embedder(embedder: Embedder, batching: BatchingSettings | None = None) -> RequestPathEmbedder:
+    """Inline for an embedder that says it is fast (`fast = True`: the static backend), unless
+    `embedding_batching.mode` says otherwise; micro-batched on a worker thread for the others."""
+    batching = batching or BatchingSettings()
+    inline = batching.mode == "inline" or (batching.mode == "auto" and getattr(embedder, "fast", False))
+    return InlineEmbedder(embedder) if inline else AsyncEmbedder(embedder, batching)

@@ -251,6 +251,7 @@ class StoredPrecision:
         self.max_seq_length: int | None = getattr(inner, "max_seq_length", None)
         self.truncation: str = getattr(inner, "truncation", "head")
         self.digest: str | None = getattr(inner, "digest", None)
+        self.fast: bool = getattr(inner, "fast", False)
 
     @property
     def dim(self) -> int:

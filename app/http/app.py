@@ -15,11 +15,11 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 
-from app.bank.format import EmbedderInfo
+from app.bank.format import BankError, EmbedderInfo, read_manifest
 from app.bank.reader import Bank
 from app.config import Settings
-from app.embedding import Embedder, make_embedder
-from app.embedding.batcher import AsyncEmbedder
+from app.embedding import Embedder, embedder_name, make_embedder
+from app.embedding.batcher import request_path_embedder
 from app.http.errors import install_error_handlers
 from app.http.middleware import BodySizeLimit, RequestContext
 from app.http.routes import AppState, openapi_without_422, router
@@ -60,6 +60,29 @@ def validate(settings: Settings, bank: Bank) -> None:
         raise ConfigError("invalid gateway configuration:\n  - " + "\n  - ".join(problems))
 
 
+def preflight(settings: Settings) -> None:
+    """The bank's embedders against the configured ones by name, before a model loads: a bank built with
+    another embedder (one built before the default became the static model, say) is refused in one line that
+    says how to rebuild it. The full comparison (budget, truncation, weights) follows in Bank.load."""
+    path = settings.bank_path
+    manifest = read_manifest(path)
+    for what, setting, built, configured in (
+            ("queries", "embedder", manifest.embedder, settings.embedder),
+            ("responses", "response_embedder" if settings.response_embedder else "embedder",
+             manifest.responses_embedder, settings.response_embedder or settings.embedder)):
+        wanted = embedder_name(configured)
+        if built.name == wanted:
+            continue
+        default = "" if setting in settings.model_fields_set else ", the default"
+        records = " ".join(f"--records {source.path}" for source in manifest.sources)
+        part = manifest.split.get("part", "all")
+        rebuild = f"jisi-bank build {records} --out {path}" + (f" --split {part}" if part != "all" else "")
+        backend = "static" if built.name.startswith("static:") else "local"
+        raise BankError(f"the bank at {path} embedded its {what} with {built.name}, the gateway with {wanted} "
+                        f"(`{setting}`{default}): rebuild the bank with the gateway's settings (`{rebuild}`) or set "
+                        f"`{setting}.backend: {backend}` to serve it as it was built")
+
+
 def _say_unpriced(settings: Settings, bank: Bank) -> None:
     """One line at start-up per upstream without a price: how its cost is forecast and booked."""
     for u in settings.upstreams:
@@ -86,10 +109,10 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         bank = Bank.load(settings.bank_path, query_embedder=EmbedderInfo.of(model),
                          response_embedder=EmbedderInfo.of(responses_model), index_settings=settings.bank_index)
         validate(settings, bank)
-        async_embedder = AsyncEmbedder(model, batching=settings.embedding_batching)
+        async_embedder = request_path_embedder(model, settings.embedding_batching)
         # one micro-batcher per model: the responses' own when they have another embedder
         async_responses = async_embedder if responses_model is model else \
-            AsyncEmbedder(responses_model, batching=settings.embedding_batching)
+            request_path_embedder(responses_model, settings.embedding_batching)
         limits = httpx.Limits(max_connections=sum(u.max_concurrency for u in settings.upstreams) + 16,
                               max_keepalive_connections=64)
         async with upstream_client(limits, transport) as client:
@@ -151,6 +174,10 @@ def run(argv: list[str] | None = None) -> None:
         settings = Settings()
     except Exception as exc:  # pydantic's message names every bad field
         sys.exit(f"jisi-gateway: invalid settings: {exc}")
+    try:
+        preflight(settings)
+    except BankError as exc:
+        sys.exit(f"jisi-gateway: {exc}")
     # log_config=None keeps our handler; our middleware writes the access log (with the request id)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
                 log_config=None, access_log=False)

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.embedding.batcher import AsyncEmbedder
+from app.embedding.batcher import RequestPathEmbedder
 from app.upstream.call import CallResult
 from app.upstream.pool import UpstreamPool
 
@@ -47,7 +47,7 @@ class Metrics:
         # unknown paths share one label, so a scanner probing random URLs cannot grow the series without bound
         self.http_responses.labels(path if path in self.known_paths else "other", str(status)).inc()
 
-    def watch_embedders(self, *embedders: AsyncEmbedder) -> None:
+    def watch_embedders(self, *embedders: RequestPathEmbedder) -> None:
         """Report the micro-batchers' model calls, requests and texts (requests per call = batching at work)."""
         self.registry.register(_EmbedderCollector(list(dict.fromkeys(embedders))))
 
@@ -94,7 +94,7 @@ class _PoolCollector(Collector):
 class _EmbedderCollector(Collector):
     """Totals over the gateway's embedders (the query embedder's and, when separate, the responses')."""
 
-    def __init__(self, embedders: list[AsyncEmbedder]) -> None:
+    def __init__(self, embedders: list[RequestPathEmbedder]) -> None:
         self.embedders = embedders
 
     def collect(self):  # type: ignore[override]

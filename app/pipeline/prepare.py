@@ -19,7 +19,7 @@ import numpy as np
 
 from app import engine
 from app.bank.reader import Bank
-from app.embedding.batcher import AsyncEmbedder
+from app.embedding.batcher import RequestPathEmbedder
 from app.engine import JiSiParams, LiveResponses, Mode
 from app.engine.cost import CostModel
 from app.errors import ErrorKind, GatewayError, bad_request
@@ -66,8 +66,8 @@ class _Request:
 
 
 class Pipeline:
-    def __init__(self, bank: Bank, embedder: AsyncEmbedder, pool: UpstreamPool, params: JiSiParams,
-                 *, embed_system_prompt: bool = False, response_embedder: AsyncEmbedder | None = None,
+    def __init__(self, bank: Bank, embedder: RequestPathEmbedder, pool: UpstreamPool, params: JiSiParams,
+                 *, embed_system_prompt: bool = False, response_embedder: RequestPathEmbedder | None = None,
                  param_sources: dict[str, str] | None = None) -> None:
         self.bank = bank
         self.embedder = embedder  # queries: e = f1(x)

@@ -183,7 +183,7 @@ def fault_settings(mini_bank, models: list[str], tmp_path, server: FaultServer, 
                    **resilience: Any) -> Settings:
     upstreams = [UpstreamSettings(name=m, base_url=server.base_url, input_usd_per_mtok=1.0,
                                   output_usd_per_mtok=2.0, timeout_s=timeout_s) for m in models]
-    return Settings(bank_path=mini_bank, upstreams=upstreams, embedder=EmbedderSettings(cache_dir=tmp_path / "c"),
+    return Settings(bank_path=mini_bank, upstreams=upstreams, embedder=EmbedderSettings(backend="local", cache_dir=tmp_path / "c"),
                     resilience=ResilienceSettings(**{**FAST, **resilience}))
 
 

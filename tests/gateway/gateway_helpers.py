@@ -43,7 +43,7 @@ def make_settings(bank_path, models: list[str], cache_dir, *, price=prices, jisi
                                           output_usd_per_mtok=p_out, timeout_s=5.0))
     # these tests pin exact call counts: no retries unless a test asks for them (tests/test_resilience*.py)
     overrides.setdefault("resilience", ResilienceSettings(retries=0))
-    return Settings(bank_path=bank_path, upstreams=upstreams, embedder=EmbedderSettings(cache_dir=cache_dir),
+    return Settings(bank_path=bank_path, upstreams=upstreams, embedder=EmbedderSettings(backend="local", cache_dir=cache_dir),
                     jisi=jisi or JiSiSettings(), **overrides)
 
 

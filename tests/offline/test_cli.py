@@ -25,7 +25,7 @@ def test_build_info_add_model(tmp_path: Path, mini_bench: Path, embedding_cache_
     assert "now 3 models" in capsys.readouterr().out
     assert main(["info", str(bank)]) == 0
     info = capsys.readouterr().out
-    assert "claude-3-haiku-20240307" in info and "all-MiniLM-L6-v2 (d=384" in info and '"part": "train"' in info
+    assert "claude-3-haiku-20240307" in info and "static:all-MiniLM-L6-v2[pca=256] (d=256" in info and '"part": "train"' in info
     assert main(["info", str(bank), "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["n_queries"] == 42 and manifest["split"]["seed"] == 42

@@ -306,13 +306,13 @@ class FakeLocal(CountingEmbedder):
 
 def test_make_embedder_picks_backend(monkeypatch, tmp_path):
     monkeypatch.setattr(embedder_module, "SentenceTransformerEmbedder", FakeLocal)
-    local = make_embedder(EmbedderSettings(cache_dir=tmp_path, batch_size=8))
+    local = make_embedder(EmbedderSettings(backend="local", cache_dir=tmp_path, batch_size=8))
     assert isinstance(local, CachedEmbedder) and isinstance(local.inner, FakeLocal)
     assert local.inner.kwargs == {"device": "cpu", "batch_size": 8, "max_seq_length": 256, "normalize": True,
                                   "truncation": "head"}
-    plain = make_embedder(EmbedderSettings(cache_dir=tmp_path), use_cache=False)
+    plain = make_embedder(EmbedderSettings(backend="local", cache_dir=tmp_path), use_cache=False)
     assert isinstance(plain, StoredPrecision) and isinstance(plain.inner, FakeLocal)
-    assert isinstance(make_embedder(EmbedderSettings(cache_dir=None)).inner, FakeLocal)
+    assert isinstance(make_embedder(EmbedderSettings(backend="local", cache_dir=None)).inner, FakeLocal)
     # without the cache, a text gets the cache's vector bit for bit (the gateway's request path vs the evaluator)
     texts = ["a question", "another question", "a question"]
     cached, uncached = local.embed(texts), plain.embed(texts)

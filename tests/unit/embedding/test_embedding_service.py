@@ -1,4 +1,5 @@
-"""AsyncEmbedder: micro-batching coalesces concurrent requests, routes rows back, and adds no latency alone."""
+"""AsyncEmbedder: micro-batching coalesces concurrent requests, routes rows back, and adds no latency alone;
+InlineEmbedder: a fast model embeds on the event loop, and the settings can force either."""
 
 from __future__ import annotations
 
@@ -169,3 +170,48 @@ async def test_loop_lag_probe_sees_a_blocked_loop() -> None:
     summary = await probe.stop()
     assert summary["samples"] >= 3
     assert summary["max_ms"] >= 30
+
+
+class FastEmbedder(FakeEmbedder):
+    fast = True  # as the static backend says of itself
+
+    def __init__(self) -> None:
+        super().__init__(delay_s=0.0)
+
+
+async def test_a_fast_embedder_runs_inline_on_the_event_loop():
+    from app.embedding.batcher import InlineEmbedder, request_path_embedder
+
+    fake = FastEmbedder()
+    service = request_path_embedder(fake)
+    assert isinstance(service, InlineEmbedder) and service.name == "fake" and service.dim == 2
+    rows = await asyncio.gather(*(service.embed(texts_for(i, 2)) for i in range(3)))
+    for i, out in enumerate(rows):
+        assert out.tolist() == [[i, 0], [i, 1]]
+    assert fake.threads == {threading.current_thread().name}  # no worker thread, no hop
+    assert (service.calls, service.batched_requests, service.texts) == (3, 3, 6)  # the metrics' counters
+    assert (await service.embed([])).shape == (0, 2)
+    service.close()
+    with pytest.raises(EmbedderClosed):
+        await service.embed(["1:1"])
+
+
+async def test_the_batching_mode_overrides_what_the_embedder_says():
+    from app.embedding.batcher import InlineEmbedder, request_path_embedder
+
+    batched = request_path_embedder(FastEmbedder(), BatchingSettings(mode="batched"))
+    assert isinstance(batched, AsyncEmbedder)
+    batched.close()
+    assert isinstance(request_path_embedder(FakeEmbedder(), BatchingSettings(mode="inline")), InlineEmbedder)
+    slow = request_path_embedder(FakeEmbedder())  # auto: a transformer is batched on its thread
+    assert isinstance(slow, AsyncEmbedder)
+    slow.close()
+
+
+async def test_an_inline_model_error_reaches_the_caller():
+    from app.embedding.batcher import InlineEmbedder
+
+    service = InlineEmbedder(FakeEmbedder(delay_s=0, fail_on="0:1"))
+    with pytest.raises(ValueError, match="model exploded"):
+        await service.embed(texts_for(0, 2))
+    assert (await service.embed(["2:3"])).tolist() == [[2, 3]]
