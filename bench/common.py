@@ -17,6 +17,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 MINI_BENCH = Path(os.environ.get("JISI_SHARED_DATA", REPO.parent / "shared" / "data")) / "mini-bench.tar.gz"
 BANK_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jisi" / "bench-banks"
+# the embedders the benchmarks compare, label -> embedder.backend; the first is the default
+EMBEDDERS = {"static": "static", "MiniLM": "local"}
 QUESTIONS = [  # math and code questions like the bank's
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May. How many in total?",
     "What is the output of f('hello') where f reverses a string and upper-cases it?",
@@ -85,9 +87,11 @@ class ServerProcess:
         self.stop()
 
 
-def ensure_bank(path: Path | None, per_dataset: int = 20) -> Path:
-    """A small real bank (mini-bench, `per_dataset` questions per dataset x 8 models), built once and cached."""
-    path = path or BANK_CACHE / f"mini-{per_dataset}"
+def ensure_bank(path: Path | None, per_dataset: int = 20, backend: str = "static") -> Path:
+    """A small real bank (mini-bench, `per_dataset` questions per dataset x 8 models), built once and cached,
+    with the embedder `backend` at its defaults (what a gateway configured with `embedder: {backend: ...}`
+    and nothing else expects)."""
+    path = path or BANK_CACHE / f"mini-{per_dataset}-{backend}"
     if (path / "manifest.json").is_file():
         return path
     from app.embedding import make_embedder
@@ -97,7 +101,7 @@ def ensure_bank(path: Path | None, per_dataset: int = 20) -> Path:
     from bank_builder.records import load_records
 
     print(f"building the bank at {path} (once) ...", flush=True)
-    embedder = make_embedder(EmbedderSettings())  # the default model, behind the shared embedding cache
+    embedder = make_embedder(EmbedderSettings(backend=backend))  # behind the shared embedding cache
     matrix = load_records([MINI_BENCH], max_queries_per_dataset=per_dataset, seed=42)
     build_bank(matrix, embedder, path, params=JiSiParams(), split={"part": "all", "seed": 42}, progress=False)
     embedder.close()
@@ -105,12 +109,14 @@ def ensure_bank(path: Path | None, per_dataset: int = 20) -> Path:
 
 
 def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str]], timeout_s: float = 30,
-                  upstream_settings: dict[str, dict[str, Any]] | None = None, **settings: Any) -> ServerProcess:
+                  upstream_settings: dict[str, dict[str, Any]] | None = None, profile: Path | None = None,
+                  **settings: Any) -> ServerProcess:
     """The gateway as deployed: `jisi-gateway` (JSON logs at info, into workdir/gateway.log), configured by a
     YAML file.
 
     `upstreams` maps bank model name -> (base_url, model id sent upstream); `upstream_settings` adds fields to
-    named upstreams (e.g. their prices); `settings` are top-level keys.
+    named upstreams (e.g. their prices); `settings` are top-level keys; `profile`: run it under cProfile (from a SIGUSR1 on),
+    whose statistics are written there when it stops.
     """
     extra = upstream_settings or {}
     config = {"bank_path": str(bank), "upstreams": [
@@ -120,8 +126,13 @@ def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
     env = {**os.environ, "JISI_CONFIG": str(path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    argv = [sys.executable, "-c", "from app.http.app import run; run()", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "info"]
+    # cProfile on CPU time (a busy machine's waits are not the gateway's work), switched on by SIGUSR1 (after the
+    # start-up and a warm-up); uvicorn raises a SIGTERM again once it has shut down: ignored, so the profile is written
+    code = ("import cProfile, signal, time; from app.http.app import run; "
+            "p = cProfile.Profile(time.process_time); signal.signal(signal.SIGUSR1, lambda *_: p.enable()); "
+            f"signal.signal(signal.SIGTERM, lambda *_: None); run(); p.disable(); p.dump_stats({str(profile)!r})") \
+        if profile else "from app.http.app import run; run()"
+    argv = [sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
     gateway = ServerProcess(argv, port, ready_path="/readyz", timeout_s=300, env=env, cwd=REPO,
                             log_path=workdir / "gateway.log")
     gateway.start()

@@ -46,10 +46,10 @@ class Config:
 
 
 CONFIGS = [
-    Config("MiniLM @256 (default)", EmbedderSettings(max_seq_length=256)),
-    Config("MiniLM @128", EmbedderSettings(max_seq_length=128)),
-    Config("MiniLM @128 head+tail", EmbedderSettings(max_seq_length=128, truncation="head_tail")),
-    Config("MiniLM @64", EmbedderSettings(max_seq_length=64)),
+    Config("MiniLM @256", EmbedderSettings(backend="local", max_seq_length=256)),
+    Config("MiniLM @128", EmbedderSettings(backend="local", max_seq_length=128)),
+    Config("MiniLM @128 head+tail", EmbedderSettings(backend="local", max_seq_length=128, truncation="head_tail")),
+    Config("MiniLM @64", EmbedderSettings(backend="local", max_seq_length=64)),
     Config("static (model2vec, every token)", EmbedderSettings(backend="static", max_seq_length=None)),
 ]
 REFERENCE = CONFIGS[0]

@@ -7,10 +7,11 @@ calls (429 with Retry-After, 500, 503, dropped connections). The client sends a 
 ok (200 with choices / a complete stream), error (OpenAI error JSON, or an error event then [DONE]) or LOST
 (timeout, connection error, malformed body or stream). Exit code 1 if any request was lost.
 `--hang MODEL` (or `--hang strongest`, the bank's most accurate model) makes one upstream accept every call
-and never answer, with the upstreams' timeout_s at 10 s (issue 11's setting).
+and never answer, with the upstreams' timeout_s at 10 s (issue 11's setting). One gateway per embedder
+(`--embedders`, default: the static model, then MiniLM), one after the other, reported side by side.
 
 Usage: python -m bench.load_test [--requests 5000 --concurrency 64 --failure-rate 0.02 --hang strongest
-                                  --bank DIR --no-write]
+                                  --embedders static,MiniLM --no-write]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.bank.format import read_manifest
-from bench.common import QUESTIONS, ensure_bank, pct, start_gateway
+from bench.common import EMBEDDERS, QUESTIONS, ensure_bank, pct, start_gateway
 from bench.report import write_section
 from bench.stub_upstream import StubServer
 
@@ -199,13 +200,40 @@ def metric_totals(text: str) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def report(args: argparse.Namespace, outcomes: list[Outcome], wall: float, rss: RssMonitor,
-           metrics: dict[str, float], stub: dict[str, int], load: list[tuple[float, ...]]) -> str:
+@dataclass
+class Run:
+    """One gateway's run: its outcomes and what was read around them."""
+
+    outcomes: list[Outcome]
+    wall: float
+    rss: RssMonitor
+    metrics: dict[str, float]
+    stub: dict[str, int]
+    load: list[tuple[float, ...]]
+
+
+def summary(runs: dict[str, Run]) -> list[str]:
+    """The embedders side by side: what was lost, throughput, latency of every request and of `jisi-route`."""
+    lines = ["| embedder | lost | ok | clean errors | req/s | p50 ms | p99 ms | jisi-route p50 ms | jisi-route p99 ms "
+             "| jisi p50 ms | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, run in runs.items():
+        kinds = Counter(o.kind for o in run.outcomes)
+        ms = [o.ms for o in run.outcomes]
+        by = {t: [o.ms for o in run.outcomes if o.target == t and o.kind == "ok"] for t in ("jisi-route", "jisi")}
+        lines.append(f"| {label} | {kinds['lost']} | {kinds['ok']} | {kinds['error']} "
+                     f"| {len(run.outcomes) / run.wall:.1f} | {pct(ms, .5):.0f} | {pct(ms, .99):.0f} "
+                     f"| {pct(by['jisi-route'], .5):.0f} | {pct(by['jisi-route'], .99):.0f} | {pct(by['jisi'], .5):.0f} "
+                     f"| {run.rss.peak / 2**20:.0f} |")
+    return lines
+
+
+def report(args: argparse.Namespace, label: str, run: Run) -> str:
+    outcomes, wall, rss, metrics, stub, load = run.outcomes, run.wall, run.rss, run.metrics, run.stub, run.load
     kinds = Counter(o.kind for o in outcomes)
     lost = [o for o in outcomes if o.kind == "lost"]
     avg = ["/".join(f"{x:.2f}" for x in la) for la in load]
     lines = [
-        "## Load test" + (", one upstream hanging" if args.hang else "") + " (bench/load_test.py)", "", f"`{' '.join(['python -m bench.load_test', *sys.argv[1:]])}`", "",
+        f"### {label}", "",
         f"{len(outcomes)} requests at concurrency {args.concurrency} on loopback; the gateway in its own process "
         f"(uvicorn), stub upstreams in another: lognormal delay (median {args.latency_ms:g} ms, sigma "
         f"{args.sigma:g}), {100 * args.failure_rate:g}% injected failures (429 with Retry-After, 500, 503, "
@@ -240,6 +268,40 @@ def report(args: argparse.Namespace, outcomes: list[Outcome], wall: float, rss: 
     return "\n".join(lines)
 
 
+def run_gateway(args: argparse.Namespace, backend: str) -> Run:
+    """One stub, one gateway configured with `embedder: {backend: ...}` on a bank built with it, the plan driven."""
+    bank = ensure_bank(None, backend=backend)
+    models = list(read_manifest(bank).models)
+    hang = args.hang
+    if hang and hang not in models:
+        raise SystemExit(f"--hang {hang}: not a bank model ({', '.join(models)})")
+    load = [os.getloadavg()]
+    stub_args = ["--latency-ms", str(args.latency_ms), "--sigma", str(args.sigma),
+                 "--failure-rate", str(args.failure_rate), "--seed", str(args.seed),
+                 *(["--hang-models", hang] if hang else [])]
+    with StubServer(stub_args) as stub, tempfile.TemporaryDirectory(prefix="jisi-load-") as tmp:
+        gateway = start_gateway(Path(tmp), bank, {m: (stub.base_url, m) for m in models},
+                                timeout_s=HANG_TIMEOUT_S if hang else 30, embedder={"backend": backend})
+        try:
+            assert gateway.proc is not None
+            rss = RssMonitor(gateway.proc.pid)
+            rss.mark("ready")
+            asyncio.run(drive(gateway.url, request_plan(args.warmup, args.seed + 1, models), 8, args.timeout_s,
+                              rss, progress=False))
+            print(f"{backend}: gateway pid {gateway.proc.pid}: RSS {rss.mark('before (after warm-up)') / 2**20:.0f} "
+                  f"MiB; {args.requests} requests at c={args.concurrency} ...", flush=True)
+            outcomes, wall = asyncio.run(drive(gateway.url, request_plan(args.requests, args.seed, models),
+                                               args.concurrency, args.timeout_s, rss))
+            time.sleep(args.settle_s)
+            rss.mark(f"after {args.settle_s:g} s idle")
+            metrics = metric_totals(httpx.get(gateway.url + "/metrics", timeout=10).text)
+            stub_stats = stub.stats()
+        finally:
+            gateway.stop()
+    load.append(os.getloadavg())
+    return Run(outcomes, wall, rss, metrics, stub_stats, load)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=5000)
@@ -251,47 +313,31 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=64, help="requests before the 'before' RSS")
     parser.add_argument("--settle-s", type=float, default=5.0, help="idle time before the last RSS reading")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="client timeout: longer counts as lost")
-    parser.add_argument("--bank", type=Path, help="a bank whose embedder is the default (else built and cached)")
+    parser.add_argument("--embedders", default=",".join(EMBEDDERS),
+                        help=f"which gateways, one after the other, each on a bank built with its embedder "
+                             f"(default: {','.join(EMBEDDERS)})")
     parser.add_argument("--hang", help="an upstream that accepts calls and never answers: a bank model, or "
                                        "'strongest' (the bank's most accurate model)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
-
-    bank = ensure_bank(args.bank)
-    models = list(read_manifest(bank).models)
-    if args.hang == "strongest":
-        args.hang = strongest_model(bank)
-    elif args.hang and args.hang not in models:
-        parser.error(f"--hang {args.hang}: not a bank model ({', '.join(models)})")
-    load = [os.getloadavg()]
-    stub_args = ["--latency-ms", str(args.latency_ms), "--sigma", str(args.sigma),
-                 "--failure-rate", str(args.failure_rate), "--seed", str(args.seed),
-                 *(["--hang-models", args.hang] if args.hang else [])]
-    with StubServer(stub_args) as stub, tempfile.TemporaryDirectory(prefix="jisi-load-") as tmp:
-        gateway = start_gateway(Path(tmp), bank, {m: (stub.base_url, m) for m in models},
-                                timeout_s=HANG_TIMEOUT_S if args.hang else 30)
-        try:
-            assert gateway.proc is not None
-            rss = RssMonitor(gateway.proc.pid)
-            rss.mark("ready")
-            asyncio.run(drive(gateway.url, request_plan(args.warmup, args.seed + 1, models), 8, args.timeout_s,
-                              rss, progress=False))
-            print(f"gateway pid {gateway.proc.pid}: RSS {rss.mark('before (after warm-up)') / 2**20:.0f} MiB; "
-                  f"{args.requests} requests at c={args.concurrency} ...", flush=True)
-            outcomes, wall = asyncio.run(drive(gateway.url, request_plan(args.requests, args.seed, models),
-                                               args.concurrency, args.timeout_s, rss))
-            time.sleep(args.settle_s)
-            rss.mark(f"after {args.settle_s:g} s idle")
-            metrics = metric_totals(httpx.get(gateway.url + "/metrics", timeout=10).text)
-            stub_stats = stub.stats()
-        finally:
-            gateway.stop()
-    load.append(os.getloadavg())
-    text = report(args, outcomes, wall, rss, metrics, stub_stats, load)
+    labels = [label.strip() for label in args.embedders.split(",") if label.strip()]
+    unknown = [label for label in labels if label not in EMBEDDERS]
+    if unknown or not labels:
+        parser.error(f"--embedders: choose among {', '.join(EMBEDDERS)}")
+    if args.hang == "strongest":  # the banks hold the same records, whichever embedder
+        args.hang = strongest_model(ensure_bank(None, backend=EMBEDDERS[labels[0]]))
+    runs = {label: run_gateway(args, EMBEDDERS[label]) for label in labels}
+    lines = ["## Load test" + (", one upstream hanging" if args.hang else "") + " (bench/load_test.py)", "",
+             f"`{' '.join(['python -m bench.load_test', *sys.argv[1:]])}`", "",
+             "One gateway per embedder, one after the other, each on a mini-bench bank built with it at its "
+             "defaults, the same seeded plan and stub settings:", "", *summary(runs)]
+    for label, run in runs.items():
+        lines += ["", report(args, label, run)]
+    text = "\n".join(lines)
     print("\n" + text)
     if not args.no_write:
         print(f"\nwritten to {write_section('load-test-hanging' if args.hang else 'load-test', text)}")
-    sys.exit(1 if any(o.kind == "lost" for o in outcomes) else 0)
+    sys.exit(1 if any(o.kind == "lost" for run in runs.values() for o in run.outcomes) else 0)
 
 
 if __name__ == "__main__":

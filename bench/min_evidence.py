@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     queries=m.queries)
     train = m.subset(train_rows)
     responses = EmbedderSettings(backend="static", max_seq_length=None)  # as `--response-backend static`
-    data = embedded_train(train, EmbedderSettings(), responses, metrics.load_prices(args.prices))
+    data = embedded_train(train, EmbedderSettings(backend="local"), responses, metrics.load_prices(args.prices))
     folds = make_folds(data, args.folds, args.seed)
     print(f"{args.records.name}: {len(train_rows)} train questions, {args.folds} folds; "
           f"fold-mean accuracy in % ± its spread over folds, calls per query")
