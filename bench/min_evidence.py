@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_rows, _, _ = choose_split(m.datasets, m.splits, m.indices, None, seed=args.seed, train_ratio=0.7,
                                     queries=m.queries)
     train = m.subset(train_rows)
-    responses = EmbedderSettings(backend="static", max_seq_length=None)  # as `--response-backend static`
+    responses = EmbedderSettings(backend="static", max_seq_length=None)  # issue 18: static answers, every token
     data = embedded_train(train, EmbedderSettings(backend="local"), responses, metrics.load_prices(args.prices))
     folds = make_folds(data, args.folds, args.seed)
     print(f"{args.records.name}: {len(train_rows)} train questions, {args.folds} folds; "

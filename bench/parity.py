@@ -2,7 +2,7 @@
 
     python -m bench.parity --records ../shared/data/mini-bench.tar.gz [--max-queries N] [--out DIR]
                            [--prices ../shared/data/prices.json] [--latency-ms 0 | MEDIAN[,SIGMA]] [--quorum-slack 0]
-                           [--model-quorum] [--static-responses]
+                           [--model-quorum] [--embedder static|local]
 
 1. `jisi-bank evaluate --calibrate --decisions` on the records: a bank from the train split at the paper's
    defaults, the calibration on the train folds, and decisions.jsonl (every test question x jisi_route,
@@ -129,9 +129,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quorum-slack", type=int, default=None, help="the gateway's quorum_slack (default: its own)")
     parser.add_argument("--model-quorum", action="store_true",
                         help="the evaluator models the gateway's quorum against the same latencies (evaluate --quorum)")
-    parser.add_argument("--static-responses", action="store_true",
-                        help="embed the answers with the static model (model2vec distilled from MiniLM, every token), "
-                             "as the full-scale evaluations do, in the evaluator and the gateway alike")
+    parser.add_argument("--embedder", choices=["static", "local"], default="static",
+                        help="the embedder of queries and answers, in the evaluator and the gateway alike (default: "
+                             "the default, the static model; local: MiniLM)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--settings", type=int, default=40, help="settings the calibration tries")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per gateway")
@@ -153,13 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, work: Path) -> int:
     selection = RecordSelection(paths=tuple(args.records), max_queries_per_dataset=args.max_queries, seed=args.seed)
-    embedder = EmbedderSettings(**({"cache_dir": args.cache_dir} if args.cache_dir else {}))
-    # the answers' embedder: the query embedder, or the static one with every token (as `--response-backend static`)
-    responses = embedder.model_copy(update={"backend": "static", "max_seq_length": None}) \
-        if args.static_responses else None
+    embedder = EmbedderSettings(backend=args.embedder, **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     started = time.perf_counter()
     results = evaluate(EvaluateOptions(records=selection, out=work / "eval", embedder=embedder, params=JiSiParams(),
-                                       response_embedder=responses,
                                        prices=args.prices, plots=False, resamples=200, calibrate=True,
                                        folds=args.folds, settings=args.settings, decisions=True,
                                        quorum=parse_latency(args.latency_ms) if args.model_quorum else None))
@@ -167,8 +163,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     calibrated_bank = work / "bank-calibrated"
     shutil.copytree(bank, calibrated_bank, dirs_exist_ok=True)
     calibration = run_calibration(CalibrateOptions(records=selection, out=work / "calibrate", embedder=embedder,
-                                                   response_embedder=responses,
-                                                   params=JiSiParams(), prices=args.prices, folds=args.folds,
+                                                               params=JiSiParams(), prices=args.prices, folds=args.folds,
                                                    settings=args.settings, bank=calibrated_bank))
     same_choice = calibration["params"] == results["calibration"]["params"]
     t_offline = time.perf_counter() - started
@@ -181,8 +176,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
                    "--latency-ms", args.latency_ms, *(["--max-queries", str(args.max_queries)] if args.max_queries
                                                      else [])]
     settings: dict[str, Any] = {} if args.quorum_slack is None else {"resilience": {"quorum_slack": args.quorum_slack}}
-    if responses is not None:
-        settings["response_embedder"] = responses.model_dump(mode="json", exclude={"cache_dir"})
+    settings["embedder"] = embedder.model_dump(mode="json", exclude={"cache_dir"})
     upstreams = {m: (f"http://127.0.0.1:{replay_port}/v1", m) for m in models}
     priced = upstream_prices(models, args.prices)
     report: dict[str, Any] = {"records": [str(p) for p in args.records], "max_queries": args.max_queries,
