@@ -11,6 +11,7 @@ hand-off, the queue and the loop's wake-up took longer than that (docs/benchmark
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 import time
@@ -59,6 +60,10 @@ class InlineEmbedder:
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
+        # A request's texts are one to a few: the tokenizer's thread pool (Rust, rayon) costs more than it saves on
+        # them (the tokenizer's CPU per jisi-route request, profiled: 0.50 against 0.73 ms; bench/profile_path.py).
+        # Process-wide, so only where the embedder runs inline: the gateway, whose request path is all it embeds.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._closed = False
         self.calls = self.batched_requests = self.texts = 0  # the batcher's counters (metrics read both)
         self.model_seconds = 0.0
