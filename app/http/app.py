@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from app.bank.format import BankError, EmbedderInfo, read_manifest
 from app.bank.reader import Bank
-from app.config import Settings
+from app.config import EmbedderSettings, Settings
 from app.embedding import Embedder, embedder_name, make_embedder
 from app.embedding.batcher import request_path_embedder
 from app.http.errors import install_error_handlers
@@ -60,10 +60,21 @@ def validate(settings: Settings, bank: Bank) -> None:
         raise ConfigError("invalid gateway configuration:\n  - " + "\n  - ".join(problems))
 
 
+def static_digest(settings: EmbedderSettings) -> str | None:
+    """The configured static model's digest (None for the other backends: they load in seconds, and Bank.load
+    compares them in full)."""
+    if settings.backend != "static":
+        return None
+    from app.embedding.static import StaticEmbedder
+
+    return StaticEmbedder(settings.model).digest
+
+
 def preflight(settings: Settings) -> None:
-    """The bank's embedders against the configured ones by name, before a model loads: a bank built with
-    another embedder (one built before the default became the static model, say) is refused in one line that
-    says how to rebuild it. The full comparison (budget, truncation, weights) follows in Bank.load."""
+    """The bank's embedders against the configured ones by name (and a static model's digest: it loads in a
+    fraction of a second), before a transformer loads: a bank built with another embedder (one built before the
+    default became the static model, or with an older distillation) is refused in one line that says how to
+    rebuild it. The full comparison (budget, truncation) follows in Bank.load."""
     path = settings.bank_path
     manifest = read_manifest(path)
     for what, setting, built, configured in (
@@ -71,12 +82,16 @@ def preflight(settings: Settings) -> None:
             ("responses", "response_embedder" if settings.response_embedder else "embedder",
              manifest.responses_embedder, settings.response_embedder or settings.embedder)):
         wanted = embedder_name(configured)
-        if built.name == wanted:
+        digest = static_digest(configured) if built.name == wanted else None
+        if built.name == wanted and (digest is None or digest == built.digest):
             continue
         default = "" if setting in settings.model_fields_set else ", the default"
         records = " ".join(f"--records {source.path}" for source in manifest.sources)
         part = manifest.split.get("part", "all")
         rebuild = f"jisi-bank build {records} --out {path}" + (f" --split {part}" if part != "all" else "")
+        if built.name == wanted:  # a static model of another distillation (an older recipe): other vectors
+            raise BankError(f"the bank at {path} embedded its {what} with {built.name} of digest {built.digest}, "
+                            f"the gateway's is {digest} (`{setting}`{default}): rebuild the bank (`{rebuild}`)")
         backend = "static" if built.name.startswith("static:") else "local"
         raise BankError(f"the bank at {path} embedded its {what} with {built.name}, the gateway with {wanted} "
                         f"(`{setting}`{default}): rebuild the bank with the gateway's settings (`{rebuild}`) or set "

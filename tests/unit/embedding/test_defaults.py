@@ -84,3 +84,26 @@ def test_a_bank_of_the_old_default_is_refused_in_one_line_that_says_how_to_rebui
     with pytest.raises(SystemExit) as exited:
         run(["--log-format", "text"])
     assert str(exited.value).startswith("jisi-gateway: the bank at") and "\n" not in str(exited.value)
+
+
+def test_a_static_bank_of_another_distillation_is_refused_in_one_line(no_config_file, mini_bench, static_embedder,
+                                                                      tmp_path):
+    import json
+
+    from app.engine import JiSiParams
+    from app.http.app import preflight
+    from bank_builder.build import build_bank
+    from bank_builder.records import load_records
+
+    bank = tmp_path / "bank"
+    build_bank(load_records([mini_bench], max_queries_per_dataset=5, seed=42), static_embedder, bank,
+               params=JiSiParams(), split={"part": "all"}, progress=False)
+    preflight(Settings(bank_path=bank))  # the default: the same static model
+    manifest = json.loads((bank / "manifest.json").read_text())
+    manifest["embedder"]["digest"] = "0123456789abcdef"  # as an older recipe's distillation would record
+    (bank / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BankError) as refused:
+        preflight(Settings(bank_path=bank))
+    message = str(refused.value)
+    assert "\n" not in message and "digest 0123456789abcdef" in message and static_embedder.digest in message
+    assert f"jisi-bank build --records {mini_bench} --out {bank}" in message
