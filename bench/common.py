@@ -115,8 +115,8 @@ def start_gateway(workdir: Path, bank: Path, upstreams: dict[str, tuple[str, str
     YAML file.
 
     `upstreams` maps bank model name -> (base_url, model id sent upstream); `upstream_settings` adds fields to
-    named upstreams (e.g. their prices); `settings` are top-level keys; `profile`: run it under cProfile (from a SIGUSR1 on),
-    whose statistics are written there when it stops.
+    named upstreams (e.g. their prices); `settings` are top-level keys; `profile`: run it under cProfile (from a
+    SIGUSR1 on), whose statistics are written there when it stops.
     """
     extra = upstream_settings or {}
     config = {"bank_path": str(bank), "upstreams": [

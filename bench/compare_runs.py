@@ -37,7 +37,7 @@ def compare(runs: dict[str, Path]) -> str:
     labels = list(runs)
     decisions = {label: read_decisions(folder) for label, folder in runs.items()}
     reference = decisions[labels[0]]
-    lines = ["| method | run | Avg | 95 % interval | Δ vs " + labels[0] + " | paired 95 % | ahead | calls | USD/query |",
+    lines = [f"| method | run | Avg | 95 % interval | Δ vs {labels[0]} | paired 95 % | ahead | calls | USD/query |",
              "|---|---|---:|---|---:|---|---:|---:|---:|"]
     for method, ref_rows in reference.items():
         keys = sorted(ref_rows)
@@ -60,7 +60,8 @@ def compare(runs: dict[str, Path]) -> str:
                 delta = (f"{100 * paired['mean']:+.2f}",
                          f"[{100 * paired['ci95'][0]:+.2f}, {100 * paired['ci95'][1]:+.2f}]",
                          f"{100 * paired['win_share']:.0f} %")
-            lines.append(f"| {method} | {label} | {100 * boot.point(correct):.2f} | [{100 * low:.2f}, {100 * high:.2f}] "
+            lines.append(f"| {method} | {label} | {100 * boot.point(correct):.2f} "
+                         f"| [{100 * low:.2f}, {100 * high:.2f}] "
                          f"| {delta[0]} | {delta[1]} | {delta[2]} | {calls:.2f} | {cost:.5f} |")
     return "\n".join(lines)
 

@@ -222,7 +222,8 @@ def summary(runs: dict[str, Run]) -> list[str]:
         by = {t: [o.ms for o in run.outcomes if o.target == t and o.kind == "ok"] for t in ("jisi-route", "jisi")}
         lines.append(f"| {label} | {kinds['lost']} | {kinds['ok']} | {kinds['error']} "
                      f"| {len(run.outcomes) / run.wall:.1f} | {pct(ms, .5):.0f} | {pct(ms, .99):.0f} "
-                     f"| {pct(by['jisi-route'], .5):.0f} | {pct(by['jisi-route'], .99):.0f} | {pct(by['jisi'], .5):.0f} "
+                     f"| {pct(by['jisi-route'], .5):.0f} | {pct(by['jisi-route'], .99):.0f} "
+                     f"| {pct(by['jisi'], .5):.0f} "
                      f"| {run.rss.peak / 2**20:.0f} |")
     return lines
 

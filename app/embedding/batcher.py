@@ -55,18 +55,17 @@ def _settle(job: _Job, result: np.ndarray | None, error: BaseException | None) -
         pass
 
 
-class InlineEmbedder:
-    """Embeds on the event loop, in the caller's turn: for models whose call costs less than a thread hop."""
+class _RequestPath:
+    """What both request-path embedders share: the model, its name and dimension, the counters the metrics
+    read, and the checks of embed()'s argument."""
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
-        # A request's texts are one to a few: the tokenizer's thread pool (Rust, rayon) costs more than it saves on
-        # them (the tokenizer's CPU per jisi-route request, profiled: 0.50 against 0.73 ms; bench/profile_path.py).
-        # Process-wide, so only where the embedder runs inline: the gateway, whose request path is all it embeds.
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._closed = False
-        self.calls = self.batched_requests = self.texts = 0  # the batcher's counters (metrics read both)
-        self.model_seconds = 0.0
+        self.calls = 0  # model calls made (exported as metrics)
+        self.batched_requests = 0  # embed() requests served
+        self.texts = 0  # texts embedded
+        self.model_seconds = 0.0  # time inside the model (what a request's embedding costs at the least)
 
     @property
     def name(self) -> str:
@@ -76,12 +75,26 @@ class InlineEmbedder:
     def dim(self) -> int:
         return self.embedder.dim
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if isinstance(texts, str):
+    def _accept(self, texts: Sequence[str]) -> list[str]:
+        if isinstance(texts, str):  # would be split into characters by list()
             raise TypeError("embed() takes a sequence of strings, not a single string")
-        texts = list(texts)
         if self._closed:
             raise EmbedderClosed("the embedder is closed")
+        return list(texts)
+
+
+class InlineEmbedder(_RequestPath):
+    """Embeds on the event loop, in the caller's turn: for models whose call costs less than a thread hop."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        super().__init__(embedder)
+        # A request's texts are one to a few: the tokenizer's thread pool (Rust, rayon) costs more than it saves on
+        # them (the tokenizer's CPU per jisi-route request, profiled: 0.50 against 0.73 ms; bench/profile_path.py).
+        # Process-wide, so only where the embedder runs inline: the gateway, whose request path is all it embeds.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = self._accept(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         started = time.perf_counter()
@@ -100,37 +113,20 @@ class InlineEmbedder:
         self._closed = True
 
 
-class AsyncEmbedder:
+class AsyncEmbedder(_RequestPath):
     """Micro-batches concurrent embed() calls into single model calls on one worker thread."""
 
     def __init__(self, embedder: Embedder, batching: BatchingSettings | None = None) -> None:
-        self.embedder = embedder
+        super().__init__(embedder)
         self.batching = batching or BatchingSettings()
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._carry: _Job | None = None  # taken from the queue but did not fit the last batch
-        self._closed = False
         self._last_batch_jobs = 0  # >1 means we are under load: worth holding a batch open briefly
-        self.calls = 0  # model calls made (exported as metrics)
-        self.batched_requests = 0  # embed() requests served
-        self.texts = 0  # texts embedded
-        self.model_seconds = 0.0  # time inside the model (what a request's embedding costs at the least)
         self._worker = threading.Thread(target=self._run, name="embed-batcher", daemon=True)
         self._worker.start()
 
-    @property
-    def name(self) -> str:
-        return self.embedder.name
-
-    @property
-    def dim(self) -> int:
-        return self.embedder.dim
-
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if isinstance(texts, str):  # would be split into characters by list()
-            raise TypeError("embed() takes a sequence of strings, not a single string")
-        texts = list(texts)
-        if self._closed:
-            raise EmbedderClosed("the embedder is closed")
+        texts = self._accept(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         loop = asyncio.get_running_loop()
