@@ -175,6 +175,17 @@ class AuthSettings(BaseModel):
             else []
 
 
+class InspectorSettings(BaseModel):
+    """The routing inspector: a page at /inspector/ (app/http/inspector.py) that asks the public endpoints and draws
+    their answers. Off unless enabled (it exposes the bank's questions); `jisi-pool demo` turns it on."""
+
+    enabled: bool = False
+    # a replay upstream (`jisi-pool replay`): it lists questions to try and grades answers from its records
+    grader_url: str | None = None
+    # an upstream the page asks the same question to compare with (the demo: best single on the bank's records)
+    baseline_model: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JISI_", env_nested_delimiter="__", extra="forbid")
 
@@ -195,6 +206,7 @@ class Settings(BaseSettings):
     max_messages: int = Field(512, ge=1)  # per request
     max_requested_tokens: int = Field(65_536, ge=1)  # max_tokens / max_completion_tokens a request may ask for
     resilience: ResilienceSettings = ResilienceSettings()  # retries, timeouts, breakers, quorum, deadline
+    inspector: InspectorSettings = InspectorSettings()  # the routing inspector page (off by default)
 
     @field_validator("upstreams")
     @classmethod

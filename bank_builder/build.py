@@ -131,14 +131,16 @@ def build_from_records(selection: RecordSelection, embedder_settings: EmbedderSe
     """`jisi-bank build`: load the selected records, keep `part` ("all", or the "train" / "test" part of the
     paper's per-dataset split), embed and write the bank."""
     from app.embedding import make_embedder
-    from bank_builder.evaluate.split import train_test_split
+    from bank_builder.evaluate.split import choose_split
 
     matrix = selection.load(progress=True)
     split = {"part": part, "seed": selection.seed, "train_ratio": train_ratio,
              "max_queries_per_dataset": selection.max_queries_per_dataset}
     if part != "all":
-        train, test = train_test_split(matrix.datasets, matrix.indices, seed=selection.seed, train_ratio=train_ratio,
-                                       queries=matrix.queries)
+        # the evaluator's split (the records' own train/test when every dataset has both, else the seeded random
+        # one), so a train bank never holds a question `jisi-bank evaluate` or `jisi-pool replay` tests on
+        train, test, split["kind"] = choose_split(matrix.datasets, matrix.splits, matrix.indices, None,
+                                                  seed=selection.seed, train_ratio=train_ratio, queries=matrix.queries)
         matrix = matrix.subset(train if part == "train" else test)
     responses = make_embedder(response_settings) if response_settings is not None else None
     return build_bank(matrix, make_embedder(embedder_settings), out, params=params, split=split, index=index,

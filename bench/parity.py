@@ -109,14 +109,6 @@ def differences(expected: dict[str, Any], served: Served) -> list[str]:
     return out
 
 
-def upstream_prices(models: Sequence[str], prices_path: Path | None) -> dict[str, dict[str, float]]:
-    """Each model's configured prices, as the evaluator reads them from the price file (unpriced: left out)."""
-    prices = metrics.load_prices(prices_path) if prices_path else {}
-    p_in, p_out = metrics.price_arrays(models, prices)
-    return {m: {"input_usd_per_mtok": float(a), "output_usd_per_mtok": float(b)}
-            for m, a, b in zip(models, p_in, p_out) if np.isfinite(a) and np.isfinite(b)}
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.parity", description=__doc__.splitlines()[0])
     parser.add_argument("--records", required=True, type=Path, action="append")
@@ -178,7 +170,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     settings: dict[str, Any] = {} if args.quorum_slack is None else {"resilience": {"quorum_slack": args.quorum_slack}}
     settings["embedder"] = embedder.model_dump(mode="json", exclude={"cache_dir"})
     upstreams = {m: (f"http://127.0.0.1:{replay_port}/v1", m) for m in models}
-    priced = upstream_prices(models, args.prices)
+    priced = metrics.upstream_prices(models, args.prices)
     report: dict[str, Any] = {"records": [str(p) for p in args.records], "max_queries": args.max_queries,
                               "latency_ms": args.latency_ms, "quorum_slack": args.quorum_slack,
                               "evaluator_models_quorum": args.model_quorum,

@@ -1,10 +1,12 @@
 """`jisi-pool`: a local pool of real OpenAI-compatible upstreams (one llama.cpp server process each), and
-`jisi-pool replay`: one OpenAI-compatible server answering as every model of a set of records (localpool/replay.py)."""
+`jisi-pool replay`: one OpenAI-compatible server answering as every model of a set of records (localpool/replay.py),
+and `jisi-pool demo`: the gateway over real models' records with the routing inspector (localpool/demo.py)."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
+from localpool import demo
 from localpool.models import PoolError, install
 from localpool.servers import DEFAULT_SPEC, DEFAULT_STATE, STATE_FILE, pool_status, start_pool, stop_pool
 
@@ -84,6 +87,9 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+SHARED_DATA = Path(os.environ.get("JISI_SHARED_DATA", "../shared/data"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jisi-pool", description="A local pool of llama.cpp upstreams")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,10 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               sub.add_parser("status", help="show each recorded server's state")):
         p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
     _add_replay_parser(sub)
+    demo.add_parser(sub, SHARED_DATA / "zeroeval-bench.tar.xz", SHARED_DATA / "prices.json")
     args = parser.parse_args(argv)
     try:
         if args.command == "replay":
             return _replay(args)
+        if args.command == "demo":
+            return demo.main(args, SHARED_DATA / "zeroeval-bench.tar.xz")
         if args.command == "install":
             t0 = time.monotonic()
             path = install(args.models_dir)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -25,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Mapping
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -213,8 +215,43 @@ class Replayer:
             raise ReplayError(404, "record_not_found", f"the model {model!r} has no record for this question "
                               f"({where})", "model")
         return ReplayAnswer(model=model, row=row, content=m.responses[row][col] or "", usage=_usage(m, row, col),
-                            latency_s=self.latency_s(model, row),
-                            record=f"{m.datasets[row]}/{m.splits[row] or '-'}/{int(m.indices[row])}")
+                            latency_s=self.latency_s(model, row), record=self.record(row))
+
+    def record(self, row: int) -> str:
+        m = self.matrix
+        return f"{m.datasets[row]}/{m.splits[row] or '-'}/{int(m.indices[row])}"
+
+    def sample(self, n: int, seed: int = 0) -> list[dict[str, str]]:
+        """`n` served questions for a demo to ask: a seeded shuffle of each dataset's rows, taken in turn from
+        each dataset (so three questions are three datasets), without looking at any answer or score."""
+        rng = np.random.default_rng(seed)
+        by_dataset = [rng.permutation(np.flatnonzero(np.asarray(self.matrix.datasets) == d)).tolist()
+                      for d in sorted(set(self.matrix.datasets))]
+        rows = [r for turn in itertools.zip_longest(*by_dataset) for r in turn if r is not None][:max(0, n)]
+        return [{"question": self.matrix.queries[r], "dataset": self.matrix.datasets[r], "record": self.record(r)}
+                for r in rows]
+
+    def grade(self, question: str, content: str, model: str | None = None) -> dict[str, Any]:
+        """Whether `content` is right, from the records: the score of the recorded answer it is (the named
+        model's first, else any model's with the same whitespace-normalised text). An answer no model recorded
+        (an aggregator's new one) cannot be graded from the records, and says so."""
+        rows = self.index.rows(question)
+        if not rows:
+            raise ReplayError(404, "question_not_found", "no recorded question matches this question in "
+                              f"{self.served.description}", "question")
+        m, wanted = self.matrix, whitespace_normalised(content)
+        order = ([self.columns[model]] if model in self.columns else []) + list(range(len(m.models)))
+        for row in rows:
+            for col in order:
+                recorded = m.responses[row][col]
+                if m.present[row, col] and recorded is not None and whitespace_normalised(recorded) == wanted:
+                    score = float(m.score[row, col])
+                    return {"record": self.record(row), "graded": True, "model": m.models[col], "score": score,
+                            "correct": score > 0.5, "ground_truth": m.ground_truth[row]}
+        return {"record": self.record(rows[0]), "graded": False, "model": None, "score": None, "correct": None,
+                "ground_truth": m.ground_truth[rows[0]],
+                "reason": "not a recorded answer to this question (an aggregated answer is new text): the records "
+                          "cannot grade it"}
 
 
 # ---------------------------------------------------------------- HTTP
@@ -275,6 +312,26 @@ def create_replay_app(served: ServedRecords | RecordMatrix, *, latency_ms: float
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "jisi-replay"}
                                            for m in served.matrix.models]}
+
+    @app.get("/questions")
+    async def questions(n: int = 30, seed: int = 0) -> dict[str, Any]:
+        """Served questions to try (the demo's examples), `n` of them in a seeded order."""
+        return {"object": "list", "data": replayer.sample(min(n, 1000), seed)}
+
+    @app.post("/grade")
+    async def grade(request: Request) -> Response:
+        """{question, content, model?} -> whether the answer is right, from the records (see Replayer.grade)."""
+        try:
+            body = json.loads(await request.body())
+            question, content, model = body["question"], body["content"], body.get("model")
+            if not (isinstance(question, str) and isinstance(content, str) and isinstance(model, (str, type(None)))):
+                raise TypeError
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return error(_invalid("expected a JSON object {question: string, content: string, model?: string}"))
+        try:
+            return JSONResponse(replayer.grade(question, content, model))
+        except ReplayError as exc:
+            return error(exc)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:

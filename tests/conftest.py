@@ -1,7 +1,7 @@
 """Fixtures every kind of test shares: the real benchmark data beside the repository, the packaged MiniLM, a
-small real bank built once, and the anyio backend. Each folder's conftest.py adds its own:
-unit/ (pure pieces), gateway/ (the app over ASGI, fake upstreams), offline/ (records, collect, evaluator),
-e2e/ (the real llama.cpp pool)."""
+small real bank built once, the demo's calibrated train bank, and the anyio backend. Each folder's conftest.py
+adds its own: unit/ (pure pieces), gateway/ (the app over ASGI, fake upstreams), offline/ (records, collect,
+evaluator), e2e/ (the real llama.cpp pool); browser/ runs the inspector page in headless Chromium."""
 
 from __future__ import annotations
 
@@ -69,3 +69,11 @@ def static_embedder():
     from app.embedding.static import StaticEmbedder
 
     return StaticEmbedder("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def demo_bank(tmp_path_factory: pytest.TempPathFactory, mini_bench: Path):
+    """`jisi-pool demo`'s bank on mini-bench: the train split, calibrated on its folds (~15 s, once)."""
+    from localpool.demo import prepare
+
+    return prepare([mini_bench], PRICES, tmp_path_factory.mktemp("demo"))

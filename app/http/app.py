@@ -23,6 +23,7 @@ from app.embedding.batcher import request_path_embedder
 from app.http.errors import install_error_handlers
 from app.http.middleware import BodySizeLimit, RequestContext
 from app.http.routes import AppState, openapi_without_422, router
+from app.http.inspector import install_inspector
 from app.observability.logs import configure_logging
 from app.observability.loop_lag import LoopLagProbe
 from app.observability.metrics import Metrics
@@ -56,6 +57,9 @@ def validate(settings: Settings, bank: Bank) -> None:
         problems.append(f"auth: environment variable {settings.auth.api_keys_env} (the gateway's keys) is not set")
     if not settings.upstreams:
         problems.append("no upstreams configured")
+    baseline = settings.inspector.baseline_model
+    if baseline is not None and baseline not in configured:
+        problems.append(f"inspector.baseline_model {baseline!r} is not a configured upstream")
     if problems:
         raise ConfigError("invalid gateway configuration:\n  - " + "\n  - ".join(problems))
 
@@ -164,6 +168,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     state = app.state.jisi = AppState(metrics=Metrics())
     install_error_handlers(app)
     app.include_router(router)
+    if settings.inspector.enabled:
+        install_inspector(app, settings.inspector)
     openapi_without_422(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     state.metrics.known_paths = {path for route in (*app.routes, *router.routes)

@@ -46,6 +46,14 @@ def price_arrays(models: Sequence[str], prices: Mapping[str, Price]) -> tuple[np
             np.array([_price(prices.get(m), "output_per_million_usd") for m in models]))
 
 
+def upstream_prices(models: Sequence[str], prices_path: str | Path | None) -> dict[str, dict[str, float]]:
+    """Each model's gateway price settings (input_usd_per_mtok, output_usd_per_mtok), read from the price file as
+    the evaluator reads it, so the gateway books what the evaluator scores (unpriced models: left out)."""
+    p_in, p_out = price_arrays(models, load_prices(prices_path) if prices_path else {})
+    return {m: {"input_usd_per_mtok": float(a), "output_usd_per_mtok": float(b)}
+            for m, a, b in zip(models, p_in, p_out) if np.isfinite(a) and np.isfinite(b)}
+
+
 def _price(price: Price | None, key: str) -> float:
     value = None if price is None else price.get(key)
     return float("nan") if value is None else float(value)

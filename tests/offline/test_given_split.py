@@ -58,6 +58,16 @@ def test_records_with_their_own_split_are_evaluated_on_it_without_a_flag(tmp_pat
     assert "Split: given" in (tmp_path / "out" / "results.md").read_text()
 
 
+def test_build_split_train_keeps_the_records_own_train_part(tmp_path, mini_bench, embedding_cache_dir):
+    """`jisi-bank build --split train` takes the evaluator's split (the demo's bank: the replay serves the
+    records' own test part, so a train bank of the random split would hold test questions)."""
+    records = write_split_records(mini_bench, tmp_path / "records")
+    assert main(["build", "--records", str(records), "--split", "train", "--out", str(tmp_path / "bank"),
+                 "--cache-dir", str(embedding_cache_dir)]) == 0
+    bank = json.loads((tmp_path / "bank" / "manifest.json").read_text())
+    assert bank["n_queries"] == 3 * TRAIN and bank["split"]["kind"] == "given" and bank["split"]["part"] == "train"
+
+
 def test_a_dataset_with_one_split_is_named_under_split_given(tmp_path, mini_bench, embedding_cache_dir, capsys):
     records = write_split_records(mini_bench, tmp_path / "records", datasets_with_test=("crux", "gsm8k"))
     assert evaluate(records, tmp_path / "out", embedding_cache_dir, "--split", "given") == 2

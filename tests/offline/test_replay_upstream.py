@@ -185,6 +185,48 @@ def test_latency_is_the_shared_function_of_the_recorded_question(records: Path) 
     assert float(ask(off, "model-a", query).headers[LATENCY_HEADER]) == 0.0
 
 
+def test_questions_to_try_take_the_datasets_in_turn_in_a_seeded_order(records: Path) -> None:
+    client = client_for(records)
+    first = client.get("/questions", params={"n": 4}).json()["data"]
+    assert [q["dataset"] for q in first] == ["dup", "toy", "toy", "toy"]  # dup has one question
+    assert first == client.get("/questions", params={"n": 4}).json()["data"]  # seeded: the same each time
+    other = client.get("/questions", params={"n": 11, "seed": 1}).json()["data"]
+    assert len(other) == 11 and sorted(q["record"] for q in other) == sorted(
+        ["dup/test/0", *(f"toy/test/{i}" for i in range(10))])  # every served question once
+    for q in other:
+        dataset, _, index = q["record"].split("/")
+        assert q["question"] == (question("toy", 1) if dataset == "dup" else question(dataset, int(index)))
+    assert client.get("/questions", params={"n": 0}).json()["data"] == []
+
+
+def test_grade_scores_an_answer_by_the_recorded_answer_it_is(records: Path, tmp_path: Path) -> None:
+    root = tmp_path / "graded"
+    write_result(root, "toy", "model-a", [record("toy", "model-a", i, score=float(i % 2), raw_output=f"answer {i}")
+                                          for i in range(4)])
+    write_result(root, "toy", "model-b", [record("toy", "model-b", i, score=1.0, raw_output="answer 2")
+                                          for i in range(4)])  # model-b answers "answer 2" to everything
+    client = client_for(root)
+    grade = lambda q, content, **kw: client.post("/grade", json={  # noqa: E731
+        "question": question("toy", q), "content": content, **kw})
+    served = ask(client, "model-a", question("toy", 1)).json()["choices"][0]["message"]["content"]
+    assert grade(1, served, model="model-a").json() == {
+        "record": "toy/test/1", "graded": True, "model": "model-a", "score": 1.0, "correct": True,
+        "ground_truth": "1"}
+    # the named model's record first; the same text recorded by another model grades as that one
+    assert grade(2, "  answer 2\n", model="model-a").json()["model"] == "model-a"
+    assert grade(2, "answer 2", model="model-a").json()["correct"] is False
+    assert grade(2, "answer 2", model="model-b").json()["correct"] is True
+    assert grade(3, "answer 2").json()["model"] == "model-b"
+    new = grade(1, "an answer no model recorded").json()
+    assert new["graded"] is False and new["correct"] is None and "cannot grade" in new["reason"]
+    assert_openai_error(client.post("/grade", json={"question": "never asked", "content": "x"}), 404,
+                        "question_not_found")
+    for body in ({"question": "q"}, {"question": 1, "content": "x"}, [1], {"question": "q", "content": "x",
+                                                                          "model": 3}):
+        assert_openai_error(client.post("/grade", json=body), 400, "invalid_request")
+    assert_openai_error(client.post("/grade", content=b"{"), 400, "invalid_request")
+
+
 def test_recorded_medians_from_time_taken(records: Path, tmp_path: Path) -> None:
     assert recorded_medians_ms([records]) == pytest.approx({"model-a": 400 / 11})  # b: null, c: none
     assert recorded_medians_ms([records], datasets=["toy"]) == pytest.approx({"model-a": 10.0})
