@@ -156,7 +156,9 @@ function drawSupport(dry) {
     const row = document.createElement("tr");
     cell(row, n.similarity.toFixed(3), "num");
     cell(row, n.dataset);
-    cell(row, n.text.length > 300 ? `${n.text.slice(0, 300)}…` : n.text, "question");
+    // a long question keeps its head and its tail: benchmark prompts share a long preamble, and differ at the end
+    const text = n.text.replace(/\s+/g, " ");
+    cell(row, text.length > 320 ? `${text.slice(0, 100)} … ${text.slice(-200)}` : text, "question");
     const right = cell(row, `${n.correct_models.length}`, "num");
     right.title = n.correct_models.join(", ");
     body.appendChild(row);
@@ -216,7 +218,11 @@ async function ask(event) {
     $("chosen-model").textContent = jisi.mode === "aggregate" ? `${jisi.aggregator} (aggregating)` : jisi.answered_by;
     verdict($("router-verdict"), routerGrade);
     $("decision").textContent = `mode ${jisi.mode}; candidates ${jisi.candidates.join(", ")}` +
-      (jisi.degraded ? `; DEGRADED: ${jisi.degraded_reasons.join("; ")}` : "");
+      (jisi.mode === "aggregate" ? `; aggregated ${jisi.final.join(", ")}` : "") +
+      (jisi.degraded ? `; DEGRADED: ${jisi.degraded_reasons.join("; ")}` : "") +
+      // a replay upstream answers the aggregator's prompt with the aggregator's own recorded answer
+      (jisi.mode === "aggregate" && state.config.grading
+        ? " (replayed: the aggregator answers with its own recorded answer, the records hold no aggregated one)" : "");
     $("shortcut").textContent = describeShortcut(method, dry.body, jisi);
     $("router-cost").textContent = usd(jisi.total_cost_usd);
     $("router-calls").textContent = String(jisi.upstream_calls);
