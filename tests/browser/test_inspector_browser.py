@@ -94,5 +94,5 @@ def test_a_gateway_error_is_a_readable_message_on_the_page(page: InspectorPage) 
     page.ask(question="What colour is a zebra's shadow on a moonless night?", method="route")
     message = page.error()
     assert message is not None and message.startswith("/v1/chat/completions: 502 ")
-    assert "question_not_found" in message or "no recorded question" in message
+    assert "no recorded question" in message and message.endswith("not a question of your own")
     assert "[object" not in message and "undefined" not in message

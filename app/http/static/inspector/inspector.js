@@ -258,7 +258,12 @@ async function ask(event) {
       drawTally();
     }
   } catch (exc) {
-    showError(exc instanceof ApiError ? exc.message : `the page failed: ${exc.message}`);
+    let message = exc instanceof ApiError ? exc.message : `the page failed: ${exc.message}`;
+    if (state.config.grading && /question_not_found|no recorded question/.test(message)) {
+      message += " — the upstreams here replay recorded answers: they can answer the test questions listed above, " +
+        "not a question of your own";
+    }
+    showError(message);
   } finally {
     $("busy").hidden = true;
     $("ask").disabled = false;
