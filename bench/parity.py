@@ -6,13 +6,13 @@
 
 1. `jisi-bank evaluate --calibrate --decisions` on the records: a bank from the train split at the paper's
    defaults, the calibration on the train folds, and decisions.jsonl (every test question x jisi_route,
-   jisi_route_calibrated, jisi_shortcut).
+   jisi_route_calibrated, jisi_shortcut, jisi_economy).
 2. `jisi-bank calibrate --bank` on a copy of that bank: the calibrated bank a user would serve (its choice must be
    the evaluator's).
 3. The replay upstream (`jisi-pool replay`) over the test split, and two gateways (`jisi-gateway`, as deployed)
    with every model of the records as an upstream, priced from the price file: one on the paper-default bank
    (`jisi-route`), one on the calibrated bank (`jisi-route` with the shortcut off, and with its calibrated
-   threshold).
+   threshold, and `jisi-economy`: the bank's economy profile, its cascade included).
 4. Every test question through each, compared with its decisions.jsonl line: the candidates (in order), the model
    that answered, the models called and the cost. It prints the agreement per method and every mismatch, writes
    parity.json, and exits 1 below --min-agreement.
@@ -49,7 +49,7 @@ from bank_builder.records import RecordSelection
 from bank_builder.records.latency import parse_latency
 from bench.common import REPO, ServerProcess, free_port, pct, start_gateway
 
-METHODS = ("jisi_route", "jisi_route_calibrated", "jisi_shortcut")
+METHODS = ("jisi_route", "jisi_route_calibrated", "jisi_shortcut", "jisi_economy")
 COST_RTOL = 1e-6  # the gateway books usage x price per call, the records price x usage: equal up to rounding
 
 
@@ -67,7 +67,8 @@ class Served:
 
 
 def request_body(query: str, method: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "jisi-route", "messages": [{"role": "user", "content": query}]}
+    model = "jisi-economy" if method == "jisi_economy" else "jisi-route"  # the bank's economy profile
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": query}]}
     if method == "jisi_route_calibrated":
         body["jisi"] = {"shortcut": None}  # the calibrated bank's setting, always fanning out
     return body
@@ -157,7 +158,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     calibration = run_calibration(CalibrateOptions(records=selection, out=work / "calibrate", embedder=embedder,
                                                                params=JiSiParams(), prices=args.prices, folds=args.folds,
                                                    settings=args.settings, bank=calibrated_bank))
-    same_choice = calibration["params"] == results["calibration"]["params"]
+    same_choice = calibration["params"] == results["calibration"]["params"] and \
+        calibration["profiles"]["economy"]["params"] == results["calibration"]["profiles"]["economy"]["params"]
     t_offline = time.perf_counter() - started
     decisions = read_decisions(work / "eval" / "decisions.jsonl")
     models = results["config"]["models"]

@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from app.engine.cascade import cascade_done, cascade_lead, cascade_order
 from app.engine.confidence import leader_probability
 from app.engine.cost import expected_completion_tokens
 from app.engine.mixed import MixedScores, mixed_routing
@@ -25,7 +26,7 @@ __all__ = [
     "JiSiParams", "Mode", "Outcome", "Plan", "Decision", "SupportView", "LiveResponses",
     "plan", "decide", "top_k", "truncate_aggregatees", "support_set", "coarse_scores",
     "final_set", "mixed_routing", "SupportSet", "CoarseScores", "MixedScores", "bank_accuracy",
-    "expected_completion_tokens", "shortcut_choice", "shortcut_done",
+    "expected_completion_tokens", "shortcut_choice", "shortcut_done", "cascade_order", "cascade_lead", "cascade_done",
 ]
 
 

@@ -44,6 +44,10 @@ class JiSiParams:
     shortcut: float | None = _param(None, ge=0, le=1, request=True,
                                     doc="call only the coarse leader when the bootstrap probability that it stays "
                                         "the leader is at least this (None: always fan out to K)")
+    cascade: float | None = _param(None, ge=0, le=10, request=True,
+                                   doc="the response-aware cascade: call the candidates one at a time, cheapest first, "
+                                       "and stop once the best answered model's fine score is at least this times "
+                                       "the best fine score of the candidates not yet called (None: off)")
     from_candidates: bool = _param(False, request=True,
                                    doc="choose the final set among the models that answered (no extra call)")
     max_support: int = _param(512, ge=1, doc="cap on |I|; the paper's rule alone can admit the whole bank")

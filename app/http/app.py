@@ -140,10 +140,14 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             state.metrics.watch_embedders(async_embedder, async_responses)
             probe = LoopLagProbe(interval_s=0.025, observe=state.metrics.loop_lag_seconds.observe, keep=1)
             probe.start()
-            calibrated = (bank.manifest.calibration or {}).get("params")
-            params, sources = settings.jisi.resolve(calibrated)
+            calibration = bank.manifest.calibration or {}
+            params, sources = settings.jisi.resolve(calibration.get("params"))
+            profiles = {}  # the bank's other named profiles, under the same rule: settings over the bank's
+            for name, profile in (calibration.get("profiles") or {}).items():
+                values, origin = settings.jisi.resolve(profile.get("params"))
+                profiles[name] = (values, {k: f"bank:{name}" if v == "bank" else v for k, v in origin.items()})
             pipeline = Pipeline(bank, async_embedder, pool, params, embed_system_prompt=settings.embed_system_prompt,
-                                response_embedder=async_responses, param_sources=sources)
+                                response_embedder=async_responses, param_sources=sources, profiles=profiles)
             _say_unpriced(settings, bank)
             state.api_keys = settings.auth.keys()
             state.gateway = Gateway(pipeline, pool, state.metrics, max_messages=settings.max_messages,

@@ -32,7 +32,11 @@ from app.upstream.call import CallResult, UpstreamError, estimate_tokens, prompt
 from app.upstream.pool import UpstreamPool
 from app.upstream.pricing import upstream_cost_usd
 
-VIRTUAL_MODELS: dict[str, Mode] = {"jisi": "adaptive", "jisi-route": "route", "jisi-aggregate": "aggregate"}
+VIRTUAL_MODELS: dict[str, Mode] = {"jisi": "adaptive", "jisi-route": "route", "jisi-aggregate": "aggregate",
+                                   "jisi-economy": "route"}
+# a virtual model that serves one of the bank's named profiles (jisi-bank calibrate: `quality`, `economy`) instead
+# of the quality profile every other one serves
+PROFILE_MODELS: dict[str, str] = {"jisi-economy": "economy"}
 
 
 @dataclass
@@ -68,13 +72,16 @@ class _Request:
 class Pipeline:
     def __init__(self, bank: Bank, embedder: RequestPathEmbedder, pool: UpstreamPool, params: JiSiParams,
                  *, embed_system_prompt: bool = False, response_embedder: RequestPathEmbedder | None = None,
-                 param_sources: dict[str, str] | None = None) -> None:
+                 param_sources: dict[str, str] | None = None,
+                 profiles: dict[str, tuple[JiSiParams, dict[str, str]]] | None = None) -> None:
         self.bank = bank
         self.embedder = embedder  # queries: e = f1(x)
         self.response_embedder = response_embedder or embedder  # live answers: r_k = f1(y_k)
         self.pool = pool
         self.params = params  # the defaults in force (settings over the bank's calibration over the paper's)
         self.param_sources = param_sources or {name: "default" for name in params.__dataclass_fields__}
+        # the named profiles in force: quality (the defaults above) and, when the bank holds one, economy
+        self.profiles = {"quality": (self.params, self.param_sources), **(profiles or {})}
         self.embed_system_prompt = embed_system_prompt
         # per bank model, the configured prices; NaN for an unpriced one (forecast from the bank's recorded costs,
         # as the evaluator does) and for an unserved one (never eligible)
@@ -104,11 +111,21 @@ class Pipeline:
             raise bad_request("the last user message has no text to route on", "messages")
         return text
 
+    @staticmethod
+    def profile_of(model: str) -> str:
+        """The profile a virtual model serves (quality unless it names another)."""
+        return PROFILE_MODELS.get(model, "quality")
+
+    def serves(self, model: str) -> bool:
+        """A virtual model this bank can serve: its profile is in the bank (jisi-economy needs `economy`)."""
+        return model in VIRTUAL_MODELS and self.profile_of(model) in self.profiles
+
     def params_for(self, request: ChatCompletionRequest) -> JiSiParams:
+        base = self.profiles[self.profile_of(request.model)][0]
         if request.jisi is None:
-            return self.params
+            return base
         try:
-            return self.params.with_overrides(request.jisi.param_overrides())
+            return base.with_overrides(request.jisi.param_overrides())
         except ValueError as exc:
             raise bad_request(str(exc), "jisi") from None
 
@@ -146,6 +163,8 @@ class Pipeline:
         candidates = [int(j) for j in planned.candidates]
         if planned.shortcut:
             return await self._shortcut(req, planned, eligible)
+        if req.params.cascade is not None:
+            return await self._cascade(req, planned, eligible)
         if not req.budget.fits(sum(req.estimate[j] for j in candidates)):
             return await self._single_model(req, planned, eligible)
         await self._fan_out(req, candidates)
@@ -211,7 +230,8 @@ class Pipeline:
         return GatewayError(ErrorKind.UPSTREAM_FAILED, "every candidate upstream failed: " + "; ".join(
             f"{e['model']}: {e['message']}" for e in trace.errors), code="upstreams_failed", details=trace.errors)
 
-    def _decide(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> engine.Decision:
+    def _decide(self, req: _Request, planned: engine.Plan, eligible: np.ndarray,
+                mode: Mode | None = None) -> engine.Decision:
         """Steps 5-8: the mixed score with the live answers, the fine score, the adaptive switch.
 
         An empty answer is no answer: when another candidate said something, the one that answered empty is
@@ -228,7 +248,7 @@ class Pipeline:
             eligible[empty] = False
             req.trace.notes.extend(f"candidate {self.bank.models[j]} answered empty: not chosen" for j in empty)
         decision = engine.decide(planned, self.bank.view(planned.support.ids, live_models), responses, req.params,
-                                 req.mode, eligible, prior=self.bank.mu)
+                                 mode or req.mode, eligible, prior=self.bank.mu)
         req.trace.gf = named_scores(self.bank.models, decision.mixed.gf)
         req.trace.phase("decide", t)
         return decision
@@ -314,6 +334,47 @@ class Pipeline:
         trace.answered = [models[j] for j in req.answered]
         trace.final = [models[answers[-1]]]
         return req.routed(req.answered[answers[-1]])
+
+    async def _cascade(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> Prepared:
+        """The response-aware cascade (app/engine/cascade.py): the candidates one at a time, cheapest forecast
+        first; after each answer the fine score over the answered ones, and a stop once the best answered leads
+        the candidates still waiting by params.cascade; then the top of g^f among the answered routes. A call
+        that fails or does not fit the cost cap is skipped (the replay's rule for a call without a record)."""
+        trace, models, answered = req.trace, self.bank.models, req.answered
+        forecast = np.full(len(models), np.nan)
+        forecast[list(req.estimate)] = list(req.estimate.values())
+        order = engine.cascade_order([int(j) for j in planned.candidates], forecast)
+        decision = None
+        for pos, j in enumerate(order):
+            if j in req.failed or not req.budget.fits(req.estimate[j]):
+                continue
+            t = time.perf_counter()
+            req.failed |= await call_all(self.pool, models, [j], "candidate", req.body, answered, req.budget, trace)
+            t = trace.phase("fanout", t)
+            if j not in answered:
+                continue
+            req.live_r[j] = (await self.response_embedder.embed([response_text(answered[j])]))[0]
+            trace.phase("embed_responses", t)
+            # the choice is among the answered models (the replay's rule): no further call after the cascade
+            asked = np.zeros(len(models), bool)
+            asked[list(answered)] = True
+            decision = self._decide(req, planned, eligible & asked, "route")
+            said = [int(c) for c in planned.candidates if int(c) in answered and not _is_empty(answered[int(c)])]
+            waiting = [c for c in order[pos + 1:] if c not in req.failed]
+            lead = engine.cascade_lead(decision.mixed.gf, said, waiting)
+            trace.cascade.append({"model": models[j], "lead": None if not np.isfinite(lead) else round(lead, 6),
+                                  "leader": models[int(decision.final[0])]})
+            if engine.cascade_done(lead, req.params.cascade, waiting):
+                break
+        if decision is None:
+            if not trace.errors:
+                raise bad_request(f"max_cost_usd {req.budget.cap_usd:g} is below the estimated cost of every "
+                                  "candidate", "jisi.max_cost_usd", "cost_cap_too_low")
+            raise self._no_answer(trace)
+        trace.answered = [models[j] for j in answered]
+        choice = int(decision.final[0])
+        trace.final = [models[choice]]
+        return req.routed(answered[choice])
 
     async def _single_model(self, req: _Request, planned: engine.Plan, eligible: np.ndarray) -> Prepared:
         """The cap does not allow the fan-out: one call to the best-scored model that fits it."""

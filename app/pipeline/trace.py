@@ -36,6 +36,7 @@ class Trace:
     started: float = field(default_factory=time.perf_counter)
     deadline: float | None = None  # time.monotonic() by which the whole request must be answered
     shortcut: bool = False  # the coarse leader was called alone (params.shortcut)
+    cascade: list[dict[str, Any]] = field(default_factory=list)  # the cascade's steps: model, lead, leader
 
     def remaining_s(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.monotonic()
@@ -62,7 +63,8 @@ class Trace:
         return {
             "mode": self.mode, "requested_mode": self.requested_mode, "candidates": self.candidates,
             "answered": self.answered, "final": self.final, "aggregator": self.aggregator,
-            "answered_by": self.answered_by, "shortcut": self.shortcut, "support": self.support,
+            "answered_by": self.answered_by, "shortcut": self.shortcut,
+            **({"cascade": self.cascade} if self.cascade else {}), "support": self.support,
             "scores": {"g": self.g, "gf": self.gf},
             "calls": [c.summary() for c in self.calls], "upstream_calls": len(self.calls),
             "total_cost_usd": self.cost_usd, "degraded": bool(self.degraded),

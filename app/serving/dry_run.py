@@ -13,8 +13,11 @@ from app.protocol import ChatCompletionRequest, RouteRequest
 
 
 async def dry_run(pipeline: Pipeline, request: RouteRequest) -> dict[str, Any]:
-    chat = ChatCompletionRequest(model="jisi", messages=request.messages, jisi=request.jisi)
+    # a virtual model's profile (jisi-economy: the bank's economy profile); any other name plans as `jisi`
+    chat = ChatCompletionRequest(model=request.model if pipeline.serves(request.model) else "jisi",
+                                 messages=request.messages, jisi=request.jisi)
     params = pipeline.params_for(chat)
+    profile = pipeline.profile_of(chat.model)
     overridden = set(request.jisi.param_overrides()) if request.jisi else set()
     text = pipeline.query_text(chat)
     trace = Trace(requested_mode="route")
@@ -37,8 +40,9 @@ async def dry_run(pipeline: Pipeline, request: RouteRequest) -> dict[str, Any]:
         # the confident shortcut: whether only candidates[0] would be called, and how sure the coarse score is
         "shortcut": {"would_fire": planned.shortcut, "leader_confidence": planned.confidence,
                      "threshold": params.shortcut},
+        "profile": profile,
         "params": params.__dict__,
         "param_sources": {name: ("request" if name in overridden else source)
-                          for name, source in pipeline.param_sources.items()},
+                          for name, source in pipeline.profiles[profile][1].items()},
         "timings_ms": {k: round(v, 2) for k, v in trace.timings_ms.items()},
     }

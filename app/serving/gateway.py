@@ -25,6 +25,8 @@ VIRTUAL_DESCRIPTIONS = {
     "jisi": "JiSi: query-response mixed routing with the adaptive routing-aggregation switch",
     "jisi-route": "JiSi router-only: the top-1 model by fine score answers",
     "jisi-aggregate": "JiSi without the adaptive switch: always aggregate the top-K",
+    "jisi-economy": "JiSi router-only with the bank's economy profile: the cheapest setting calibrated at best "
+                    "single's accuracy or above",
 }
 
 
@@ -41,22 +43,32 @@ class Gateway:
     # -- catalogue -------------------------------------------------------------------------------
 
     def models(self) -> ModelList:
-        in_force = self.parameters()
-        cards = [ModelCard(id=name, description=text, jisi=in_force) for name, text in VIRTUAL_DESCRIPTIONS.items()]
+        cards = [ModelCard(id=name, description=text, jisi=self.parameters(name))
+                 for name, text in VIRTUAL_DESCRIPTIONS.items() if self.pipeline.serves(name)]
         for u in self.pool.upstreams.values():
             cards.append(ModelCard(id=u.name, owned_by="upstream", description=f"pass-through to {u.base_url}",
                                    pricing={"input_usd_per_mtok": u.input_usd_per_mtok,
                                             "output_usd_per_mtok": u.output_usd_per_mtok}))
         return ModelList(data=cards)
 
-    def parameters(self) -> dict[str, Any]:
-        """The hyperparameters in force by default and where each comes from (settings, bank, default)."""
+    def parameters(self, model: str = "jisi") -> dict[str, Any]:
+        """The hyperparameters a virtual model runs with by default and where each comes from (settings, bank or
+        bank:PROFILE, default)."""
         p = self.pipeline
-        return {"params": p.params.__dict__, "sources": p.param_sources,
-                "calibration": (p.bank.manifest.calibration or {}).get("objective")}
+        profile = p.profile_of(model)
+        params, sources = p.profiles[profile]
+        calibration = p.bank.manifest.calibration or {}
+        objective = calibration.get("objective") if profile == "quality" else \
+            (calibration.get("profiles") or {}).get(profile, {}).get("objective")
+        return {"profile": profile, "params": params.__dict__, "sources": sources, "calibration": objective}
 
     def check_request(self, request: ChatCompletionRequest) -> None:
         """The model exists and the request stays within the configured limits (else 404 / 400)."""
+        if request.model in VIRTUAL_MODELS and not self.pipeline.serves(request.model):
+            profile = self.pipeline.profile_of(request.model)
+            raise GatewayError(ErrorKind.NOT_FOUND, f"the model {request.model!r} serves the bank's {profile} "
+                               f"profile, and the bank at {self.pipeline.bank.path} has none: `jisi-bank calibrate "
+                               "--bank` writes it", "model", "model_not_found")
         if request.model not in VIRTUAL_MODELS and request.model not in self.pool:
             raise GatewayError(ErrorKind.NOT_FOUND, f"the model {request.model!r} does not exist; GET /v1/models "
                                "lists the available ones", "model", "model_not_found")

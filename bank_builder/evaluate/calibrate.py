@@ -11,7 +11,10 @@ the setting, from one replay that records every query's leader probability: the 
 whose mean fold accuracy is within SHORTCUT_MAX_LOSS of always fanning out.
 
 Objectives: `accuracy`, or `cost:ALPHA`, which fixes cost_weight at ALPHA (the Avengers-Pro trade-off) and
-chooses the rest for accuracy under it.
+chooses the rest for accuracy under it. Every calibration also chooses the bank's second profile, `economy`
+(economy()): on top of the accuracy choice, the cheapest point of ECONOMY_SPACE x the shortcut's thresholds whose
+fold accuracy is at least best single's fold accuracy minus a margin (`savings[:MARGIN]` sets it and makes the
+economy profile the printed choice; default 0 points).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from app.engine import JiSiParams
-from bank_builder.evaluate.replay import MemoryBank, Queries, ReplayResult, chosen, replay_queries
-from bank_builder.evaluate.scores import calls_cost
+from bank_builder.evaluate.replay import MemoryBank, Queries, ReplayResult, cascade_stop, chosen, replay_queries
+from bank_builder.evaluate.baselines import best_single_choice
+from bank_builder.evaluate.scores import calls_cost, single_call_cost
 
 # ranges set by train-fold research: larger support sets and the priors did most, K and t barely moved anything;
 # the test-split ablations agree (docs/evaluation.md, "Why the paper's defaults lost": N_base 200, γ 0.8 +1.3 to +2.1)
@@ -44,11 +48,25 @@ SEARCH_SPACE: dict[str, list[Any]] = {
 # whose aggregated answers no record holds, so it stays at its default (it was drawn and shipped unscored before
 # issue 18), and so do the caps (max_support, max_aggregate_tokens, min_aggregatees).
 SCORED = ("n_base", "gamma", "lam", "lam_fine", "beta", "eps", "sigma", "delta", "k", "from_candidates", "shortcut",
-          "cost_weight")
+          "cost_weight", "cascade")
 SHORTCUT_THRESHOLDS: list[float | None] = [None, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.0]  # 0.0: always the leader
 # dataset-average accuracy the shortcut may cost on the folds: 0.35 point, inside the 0.5-point budget of the
 # issue so that the optimism of picking one threshold of eight on the same folds still leaves room on test
 SHORTCUT_MAX_LOSS = 0.0035
+
+
+# the economy profile's search, on top of the accuracy choice: the cost weight alpha (Avengers-Pro's trade-off),
+# K (K = 1: one call, the cost-weighted coarse leader) and where the final choice comes from; every point also
+# with each of the shortcut's thresholds (free: one replay records every query's leader probability)
+ECONOMY_SPACE: dict[str, list[Any]] = {
+    "cost_weight": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
+    "k": [1, 2, 3],
+    "from_candidates": [False, True],
+}
+# the cascade's stopping thresholds on rho (app/engine/cascade.py): None (no cascade), stop only well ahead (1.5),
+# ahead (1.0), or close behind (0.8)
+CASCADE_THRESHOLDS: list[float | None] = [None, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5]
+PROFILES = ("quality", "economy")  # a bank's named profiles; quality is the calibration's `params`
 
 
 def setting_params(base: JiSiParams, setting: dict[str, Any]) -> JiSiParams:
@@ -131,16 +149,25 @@ def _average(correct: np.ndarray, datasets: np.ndarray) -> float:
     return float(np.mean([correct[datasets == d].mean() for d in np.unique(datasets)]))
 
 
-def path_calls(run: ReplayResult, threshold: float | None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+def path_calls(run: ReplayResult, threshold: float | None,
+               cascade: float | None = None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """(the model answering, the models called in call order, whether the shortcut was taken) per query of the
     router-only path, with the shortcut taken where the leader's probability is at least `threshold` (None:
-    never). A full fan-out calls the candidates, then the fine score's top-1 when it was not one of them; a
-    candidate the quorum cancelled answered nothing and is not counted (online it books no usage)."""
+    never), else the cascade with this threshold (None: none; the run must hold the walked cascade). A full
+    fan-out calls the candidates, then the fine score's top-1 when it was not one of them; a candidate the
+    quorum cancelled answered nothing and is not counted (online it books no usage)."""
     n = len(run.route_choice)
     take = np.zeros(n, bool) if threshold is None else np.nan_to_num(run.confidence, nan=0.0) >= threshold
     choice = np.where(take, run.shortcut_choice, run.route_choice)  # -1: every call failed
+    if cascade is not None and len(run.cascade) != n:
+        raise ValueError("the replay walked no cascade: replay_queries(..., with_cascade=True)")
     called = []
     for q in range(n):
+        if cascade is not None and not take[q]:
+            stop = cascade_stop(run.cascade[q], cascade)
+            choice[q] = -1 if stop is None else stop.choice
+            called.append(np.asarray(stop.calls if stop else (), np.int64))
+            continue
         cands = run.candidates[q][run.candidates[q] >= 0]
         extra = [] if run.route_choice[q] in cands or run.route_choice[q] < 0 else [run.route_choice[q]]
         if run.cut and run.cut[q].size:  # failed or cancelled: no answer, no usage booked
@@ -149,10 +176,10 @@ def path_calls(run: ReplayResult, threshold: float | None) -> tuple[np.ndarray, 
     return choice, called, take
 
 
-def path_outcomes(run: ReplayResult, score: np.ndarray, cost: np.ndarray,
-                  threshold: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def path_outcomes(run: ReplayResult, score: np.ndarray, cost: np.ndarray, threshold: float | None,
+                  cascade: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(correct, cost, calls, unpriced calls) per query of the router-only path (path_calls)."""
-    choice, called, _ = path_calls(run, threshold)
+    choice, called, _ = path_calls(run, threshold, cascade)
     usd, calls, unpriced = calls_cost(called, cost)
     correct = chosen(score, choice)  # a failed request: wrong
     return correct, usd, calls, unpriced
@@ -161,37 +188,111 @@ def path_outcomes(run: ReplayResult, score: np.ndarray, cost: np.ndarray,
 def evaluate_setting(folds: list[Fold], params: JiSiParams,
                      thresholds: Sequence[float | None] = (None,)) -> dict[Any, dict[str, Any]]:
     """Per shortcut threshold: the fold-mean accuracy, its spread, cost and calls per query."""
-    per: dict[Any, list[tuple[float, float, float]]] = {t: [] for t in thresholds}
+    return {t: result for (t, _), result in evaluate_points(folds, params, thresholds).items()}
+
+
+def evaluate_points(folds: list[Fold], params: JiSiParams, thresholds: Sequence[float | None] = (None,),
+                    cascades: Sequence[float | None] = (None,)) -> dict[tuple[Any, Any], dict[str, Any]]:
+    """Per (shortcut threshold, cascade threshold), from one replay per fold: the fold-mean accuracy, its spread,
+    cost and calls per query."""
+    per: dict[Any, list[tuple[float, float, float]]] = {(t, c): [] for t in thresholds for c in cascades}
     needs_confidence = any(t is not None for t in thresholds)
+    needs_cascade = any(c is not None for c in cascades)
     for fold in folds:
-        run = replay_queries(fold.bank, fold.queries, params, prices=fold.prices, with_confidence=needs_confidence)
-        for t in thresholds:
-            correct, usd, calls, _ = path_outcomes(run, fold.score, fold.cost, t)
-            per[t].append((_average(correct, fold.datasets), float(np.nanmean(usd)), float(calls.mean())))
+        run = replay_queries(fold.bank, fold.queries, params, prices=fold.prices, with_confidence=needs_confidence,
+                             with_cascade=needs_cascade)
+        for t, c in per:
+            correct, usd, calls, _ = path_outcomes(run, fold.score, fold.cost, t, c)
+            per[t, c].append((_average(correct, fold.datasets), float(np.nanmean(usd)), float(calls.mean())))
     return {t: {"accuracy": float(np.mean([a for a, _, _ in rows])), "accuracy_std": float(np.std([a for a, _, _ in rows])),
                 "folds": [a for a, _, _ in rows], "cost_per_query_usd": float(np.mean([c for _, c, _ in rows])),
                 "calls_per_query": float(np.mean([n for _, _, n in rows]))} for t, rows in per.items()}
 
 
-def parse_objective(objective: str) -> float | None:
-    """None for `accuracy`, ALPHA for `cost:ALPHA`."""
+@dataclass(frozen=True)
+class Objective:
+    """What a calibration optimises: accuracy (at a fixed cost weight with `cost:ALPHA`), and the economy
+    profile's accuracy margin under best single (points; `savings[:MARGIN]` also makes economy the choice)."""
+
+    text: str
+    alpha: float | None = None
+    margin: float = 0.0
+    savings: bool = False
+
+
+def parse_objective(objective: str) -> Objective:
+    """`accuracy`, `cost:ALPHA` (ALPHA in [0, 1]) or `savings[:MARGIN]` (MARGIN points, >= 0)."""
     if objective == "accuracy":
-        return None
-    kind, _, value = objective.partition(":")
-    try:
-        alpha = float(value)
-    except ValueError:
-        alpha = -1.0
-    if kind != "cost" or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"--objective must be accuracy or cost:ALPHA with ALPHA in [0, 1], got {objective!r}")
-    return alpha
+        return Objective(objective)
+    kind, sep, value = objective.partition(":")
+    if kind == "savings":
+        try:
+            margin = float(value) if sep else 0.0
+        except ValueError:
+            margin = -1.0
+        if 0.0 <= margin <= 100.0:
+            return Objective(objective, margin=margin, savings=True)
+    elif kind == "cost":
+        try:
+            alpha = float(value)
+        except ValueError:
+            alpha = -1.0
+        if 0.0 <= alpha <= 1.0:
+            return Objective(objective, alpha=alpha)
+    raise ValueError(f"--objective must be accuracy, cost:ALPHA with ALPHA in [0, 1] or savings[:MARGIN] with "
+                     f"MARGIN points >= 0, got {objective!r}")
+
+
+def best_single_on_folds(folds: list[Fold]) -> dict[str, Any]:
+    """Best single model as the evaluator chooses it (best accuracy on the fold's bank, the next best where its
+    record is missing), scored on each fold's questions: the economy profile's reference."""
+    rows = []
+    for fold in folds:
+        choice = best_single_choice(fold.bank.v, fold.bank.present, fold.queries.present)
+        usd, _, _ = single_call_cost(choice, fold.cost)
+        rows.append((_average(fold.score[np.arange(choice.size), choice], fold.datasets), float(np.nanmean(usd))))
+    return {"accuracy": float(np.mean([a for a, _ in rows])), "folds": [a for a, _ in rows],
+            "cost_per_query_usd": float(np.mean([c for _, c in rows])), "calls_per_query": 1.0}
+
+
+def economy(folds: list[Fold], quality: JiSiParams, margin: float, progress: bool = True) -> dict[str, Any]:
+    """The economy profile: the cheapest point (ECONOMY_SPACE x SHORTCUT_THRESHOLDS, on top of the quality choice)
+    whose fold accuracy is at least best single's minus `margin` points; ties: the more accurate. When none
+    reaches it, the most accurate point, and `meets_target` says it did not."""
+    reference = best_single_on_folds(folds)
+    floor = reference["accuracy"] - margin / 100.0
+    keys = list(ECONOMY_SPACE)
+    points = []
+    grid = [dict(zip(keys, values)) for values in np.array(np.meshgrid(*ECONOMY_SPACE.values(), indexing="ij"),
+                                                               dtype=object).reshape(len(keys), -1).T]
+    for point in tqdm(grid, desc="economy profile", unit="setting", disable=not progress):
+        point = {"cost_weight": float(point["cost_weight"]), "k": int(point["k"]),
+                 "from_candidates": bool(point["from_candidates"])}
+        params = quality.with_overrides({**point, "shortcut": None, "cascade": None})
+        # a cascade over one candidate is that candidate alone: the same as K = 1 without one
+        cascades = CASCADE_THRESHOLDS if point["k"] > 1 else [None]
+        for (threshold, cascade), result in evaluate_points(folds, params, SHORTCUT_THRESHOLDS, cascades).items():
+            points.append({"setting": {**point, "shortcut": threshold, "cascade": cascade}, **result})
+    eligible = [p for p in points if p["accuracy"] >= floor]
+    meets = bool(eligible)
+    best = min(eligible, key=lambda p: (p["cost_per_query_usd"], -p["accuracy"], p["calls_per_query"])) if meets \
+        else max(points, key=lambda p: (p["accuracy"], -p["cost_per_query_usd"]))
+    params = quality.with_overrides(best["setting"])
+    return {"objective": f"savings:{margin:g}", "margin_points": margin, "best_single": reference,
+            "floor_accuracy": floor, "meets_target": meets, "params": params.__dict__, "chosen": best,
+            "cost_ratio": best["cost_per_query_usd"] / reference["cost_per_query_usd"]
+            if reference["cost_per_query_usd"] > 0 else None,
+            "space": ECONOMY_SPACE, "points": points}
 
 
 def calibrate(train: TrainSet, base: JiSiParams, *, objective: str = "accuracy", folds: int = 5,
               settings: int = 40, seed: int = 42, progress: bool = True,
               on_fold: Callable[[Fold], None] | None = None) -> dict[str, Any]:
-    """Choose the hyperparameters on the train split; returns calibration.json's content."""
-    alpha = parse_objective(objective)
+    """Choose the hyperparameters on the train split; returns calibration.json's content: the quality profile
+    (`params`, the accuracy choice) and the economy profile (`profiles.economy`, economy()); `choice` names the
+    profile the objective asked for."""
+    goal = parse_objective(objective)
+    alpha = goal.alpha
     fold_data = make_folds(train, folds, seed)
     for fold in fold_data:
         if on_fold is not None:
@@ -222,8 +323,10 @@ def calibrate(train: TrainSet, base: JiSiParams, *, objective: str = "accuracy",
     gain = np.asarray(tried[best]["folds"]) - np.asarray(tried[0]["folds"])
     se = float(gain.std(ddof=1) / np.sqrt(gain.size)) if gain.size > 1 else float("inf")
     noise = float(np.sqrt(2 * np.log(max(len(tried), 2))) * se)
+    cheap = economy(fold_data, params, goal.margin, progress=progress)
     return {
-        "objective": objective, "folds": len(fold_data), "seed": seed, "settings_tried": len(tried),
+        "objective": objective, "choice": "economy" if goal.savings else "quality",
+        "profiles": {"economy": cheap}, "folds": len(fold_data), "seed": seed, "settings_tried": len(tried),
         "train_queries": len(train.datasets), "search_space": {k: [list(x) if isinstance(x, tuple) else x for x in v]
                                                              for k, v in SEARCH_SPACE.items()},
         "shortcut_thresholds": SHORTCUT_THRESHOLDS, "shortcut_max_loss": SHORTCUT_MAX_LOSS,
@@ -265,6 +368,35 @@ def describe(calibration: dict[str, Any]) -> str:
                       f"{calibration['settings_tried']} settings gains {100 * gain['noise_level']:.2f} from noise alone)."]
         if not gain["distinguishable"]:
             lines += [NOT_DISTINGUISHABLE]
-    lines += ["", f"Chosen: {calibration['params']}"]
+    cheap = calibration.get("profiles", {}).get("economy")
+    if cheap:
+        ref, best = cheap["best_single"], cheap["chosen"]
+        lines += ["", f"The economy profile ({cheap['objective']}): the cheapest of {len(cheap['points'])} points "
+                      f"(cost weight x K x from_candidates x shortcut) at >= best single's fold accuracy "
+                      f"{100 * ref['accuracy']:.2f} minus {cheap['margin_points']:g} points "
+                      f"(best single costs {ref['cost_per_query_usd']:.2e}/q):", "",
+                  "| cost weight | K | from cand. | shortcut | cascade | CV accuracy | calls/q | cost/q "
+                  "| x best single |",
+                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        frontier = sorted(cheap["points"], key=lambda p: p["cost_per_query_usd"])
+        shown, top = [], -1.0
+        for point in frontier:  # the points no cheaper point beats on accuracy
+            if point["accuracy"] > top:
+                shown.append(point)
+                top = point["accuracy"]
+        for point in shown:
+            st = point["setting"]
+            base = ref["cost_per_query_usd"]
+            ratio = point["cost_per_query_usd"] / base if base else float("nan")
+            mark = " **chosen**" if point is best else ""
+            lines.append(f"| {st['cost_weight']:g} | {st['k']} | {st['from_candidates']} | {st['shortcut']} | "
+                         f"{st['cascade']} | "
+                         f"{100 * point['accuracy']:.2f}{mark} | {point['calls_per_query']:.2f} | "
+                         f"{point['cost_per_query_usd']:.2e} | {ratio:.2f} |")
+        if not cheap["meets_target"]:
+            lines += ["", "No point reaches the floor on the folds: the economy profile is the most accurate point."]
+        lines += ["", f"Economy: {cheap['params']}"]
+    lines += ["", f"Chosen ({calibration.get('choice', 'quality')}): "
+                  f"{cheap['params'] if calibration.get('choice') == 'economy' and cheap else calibration['params']}"]
     return "\n".join(lines)
 

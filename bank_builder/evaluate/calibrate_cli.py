@@ -68,10 +68,16 @@ def write_into_bank(bank: Path, calibration: dict[str, Any], models: list[str]) 
                         f"({len(manifest.models)} vs {len(models)}); calibrate on the records the bank was built from")
     chosen = {k: v for k, v in calibration["params"].items() if k in SCORED}
     unscored = sorted(k for k in calibration["params"] if k not in SCORED)
+    cheap = calibration["profiles"]["economy"]
+    point = cheap["chosen"]
+    economy = {"params": {k: v for k, v in cheap["params"].items() if k in SCORED}, "objective": cheap["objective"],
+               "cv_accuracy": point["accuracy"], "cv_cost_per_query_usd": point["cost_per_query_usd"],
+               "cv_calls_per_query": point["calls_per_query"], "best_single": cheap["best_single"],
+               "meets_target": cheap["meets_target"]}
     kept = {"params": chosen, "scored": list(SCORED), "unscored": unscored,
             "objective": calibration["objective"], "folds": calibration["folds"],
             "train_queries": calibration["train_queries"], "cv_accuracy": calibration["chosen"]["accuracy"],
-            "created_at": bank_writer.now_iso()}
+            "profiles": {"economy": economy}, "created_at": bank_writer.now_iso()}
     bank_writer.commit(bank, manifest.model_copy(update={"calibration": kept}))
 
 

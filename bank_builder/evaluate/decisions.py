@@ -20,11 +20,12 @@ from bank_builder.records import RecordMatrix
 
 
 def decision_rows(method: str, test: RecordMatrix, run: ReplayResult, cost: np.ndarray,
-                  threshold: float | None) -> Iterable[dict[str, Any]]:
-    """One row per test question of the router-only path of `run` (the shortcut where P >= threshold)."""
+                  threshold: float | None, cascade: float | None = None) -> Iterable[dict[str, Any]]:
+    """One row per test question of the router-only path of `run` (the shortcut where P >= threshold, else the
+    cascade with its threshold when one is given)."""
     models = test.models
     score = np.where(test.present, test.score, 0.0)
-    choice, called, take = path_calls(run, threshold)
+    choice, called, take = path_calls(run, threshold, cascade)
     for q in range(len(test.queries)):
         cands = run.candidates[q][run.candidates[q] >= 0]
         calls = [int(j) for j in called[q]]

@@ -21,9 +21,10 @@ import numpy as np
 from tqdm import tqdm
 
 from app.engine import (
-    JiSiParams, LiveResponses, SupportView, bank_accuracy, decide, final_set, plan, shortcut_choice, top_k,
+    JiSiParams, LiveResponses, Plan, SupportView, bank_accuracy, decide, final_set, plan, shortcut_choice, top_k,
     truncate_aggregatees,
 )
+from app.engine.cascade import cascade_lead, cascade_order
 from app.engine.confidence import leader_probability
 from app.engine.cost import CostModel
 from app.config import ResilienceSettings
@@ -115,6 +116,22 @@ class ReplayResult:
     leader_estimate: np.ndarray  # the coarse leader's support-set accuracy, g_j / Σ w_i (the winner's curse)
     timing: dict[str, float] = field(default_factory=dict)
     cut: list[np.ndarray] = field(default_factory=list)  # candidates the quorum cancelled (with a QuorumModel)
+    # the cascade walked to the end (with_cascade or params.cascade): per query, per answer in call order, the
+    # models called so far, the choice among the answered and the lead rho (app/engine/cascade.py)
+    cascade: list[list[CascadeStep]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CascadeStep:
+    calls: tuple[int, ...]  # the models called so far, in call order (the calls that failed are not among them)
+    choice: int  # the top of g^f among the answered models
+    lead: float  # rho: best answered g^f / best waiting g^f
+
+
+def cascade_stop(steps: list[CascadeStep], threshold: float) -> CascadeStep | None:
+    """Where the cascade with this threshold stops: the first step whose lead clears it, else the last one (None:
+    nothing answered, every call failed)."""
+    return next((st for st in steps if st.lead >= threshold), steps[-1] if steps else None)
 
 
 FAILED = "(every call failed)"  # how a -1 choice is named in reports
@@ -159,7 +176,7 @@ def _fallback(answered: np.ndarray, empty: np.ndarray, gf: np.ndarray) -> int:
 
 def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, prices: tuple[np.ndarray, np.ndarray]
                    | None = None, with_confidence: bool = False, progress: bool = False,
-                   quorum: QuorumModel | None = None) -> ReplayResult:
+                   quorum: QuorumModel | None = None, with_cascade: bool = False) -> ReplayResult:
     """Every query through plan -> (recorded answers) -> decide, and through the shortcut's path.
 
     As online, every model of the bank may be chosen (the engine leaves out those without evidence in the support
@@ -170,7 +187,8 @@ def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, pric
     `prices` (per model, USD per million input / output tokens, NaN where unknown) feed the cost-aware ranking
     when cost_weight > 0 (unpriced models: the bank's recorded costs); `with_confidence` computes the shortcut's
     leader probability for every query (else only when params.shortcut is set); `quorum` cancels the candidates
-    the gateway's fan-out would (else every candidate answers)."""
+    the gateway's fan-out would (else every candidate answers); `with_cascade` walks every query's cascade to the
+    end (else only when params.cascade is set), so that any threshold can be read off `cascade`."""
     n, k, m = len(queries.e), params.k, len(bank.models)
     out = ReplayResult(
         retrieval_choice=np.zeros(n, np.int64), route_choice=np.zeros(n, np.int64),
@@ -218,6 +236,8 @@ def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, pric
         out.capped[q] = planned.support.capped
         out.support_similarity[q] = float(planned.support.s.mean())
         out.leader_estimate[q] = float(planned.coarse.g[cands[0]] / w.sum()) if w.sum() > 0 else 0.0
+        if with_cascade or params.cascade is not None:
+            out.cascade.append(_cascade(bank, queries, q, planned, costs, params))
         if answered.size == 0:  # every candidate failed: online, a 502 (upstreams_failed)
             out.route_choice[q] = -1
             out.aggregate_sets.append(np.zeros(0, np.int64))
@@ -250,3 +270,30 @@ def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, pric
     out.timing = {"search_ms_per_query": 1000 * search_s / max(n, 1),
                   "engine_ms_per_query": 1000 * engine_s / max(n, 1)}
     return out
+
+
+def _cascade(bank: BankLike, queries: Queries, q: int, planned: Plan, costs: CostModel,
+             params: JiSiParams) -> list[CascadeStep]:
+    """The cascade's steps on query q, walked to the end: the candidates cheapest forecast first (a call without a
+    record fails and is skipped), after each answer the fine score over the answered ones (in candidate order, as
+    online) and the lead over those still waiting (app/pipeline/prepare.py _cascade)."""
+    recorded, empty = queries.present[q], queries.empty[q]
+    cands = [int(j) for j in planned.candidates]
+    order = cascade_order(cands, cost_forecaster(costs, queries.prompt_tokens[q])(planned.support.ids))
+    called: list[int] = []
+    steps = []
+    for pos, j in enumerate(order):
+        if not recorded[j]:
+            continue
+        called.append(j)
+        live_models = np.array([c for c in cands if c in called], dtype=np.int64)
+        said = [int(c) for c in live_models if not empty[c]]
+        eligible = np.zeros(len(bank.models), bool)
+        eligible[said or live_models] = True
+        live = LiveResponses(models=live_models, r=np.stack([queries.r[c][q] for c in live_models]),
+                             c=queries.c[q, live_models])
+        decision = decide(planned, bank.view(planned.support.ids, live_models), live, params, "route", eligible,
+                          prior=bank.mu)
+        steps.append(CascadeStep(tuple(called), int(decision.final[0]),
+                                 cascade_lead(decision.mixed.gf, said, order[pos + 1:])))
+    return steps

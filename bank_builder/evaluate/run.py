@@ -82,8 +82,8 @@ def train_set(bank: Bank, train: RecordMatrix, cost: np.ndarray, prices: tuple[n
 
 
 def jisi_outcome(test: RecordMatrix, run: ReplayResult, cost: np.ndarray, threshold: float | None,
-                 note: str) -> M.Outcome:
-    return M.Outcome(*path_outcomes(run, np.where(test.present, test.score, 0.0), cost, threshold), note)
+                 note: str, cascade: float | None = None) -> M.Outcome:
+    return M.Outcome(*path_outcomes(run, np.where(test.present, test.score, 0.0), cost, threshold, cascade), note)
 
 
 def _average(outcome: M.Outcome, test: RecordMatrix) -> float:
@@ -190,6 +190,12 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
                                                          "router-only with the train-CV choice")
         outcomes["jisi_shortcut"] = jisi_outcome(test, tuned, cost, chosen.shortcut,
                                                  f"the same, the leader alone when P >= {chosen.shortcut}")
+        economy = params.with_overrides(calibration["profiles"]["economy"]["params"])
+        cheap = replay_queries(bank, queries, economy.with_overrides({"shortcut": None}), prices=(p_in, p_out),
+                               with_confidence=True, progress=True, quorum=quorum)
+        outcomes["jisi_economy"] = jisi_outcome(test, cheap, cost, economy.shortcut, "the economy profile: the "
+                                                "cheapest train-CV point at best single's fold accuracy or above",
+                                                economy.cascade)
         points["jisi_shortcut"] = [Point("jisi_shortcut", float(np.nanmean(o.cost)), _average(o, test), f"p={p}")
                                    for p in (0.5, 0.7, 0.9, 0.95, 0.99, 0.0)
                                    for o in [jisi_outcome(test, tuned, cost, p, "")]]
@@ -207,7 +213,8 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     if options.decisions:
         if options.calibrate:
             rows += [*decision_rows("jisi_route_calibrated", test, tuned, cost, None),
-                     *decision_rows("jisi_shortcut", test, tuned, cost, chosen.shortcut)]
+                     *decision_rows("jisi_shortcut", test, tuned, cost, chosen.shortcut),
+                     *decision_rows("jisi_economy", test, cheap, cost, economy.shortcut, economy.cascade)]
         out.mkdir(parents=True, exist_ok=True)
         write_decisions(out / "decisions.jsonl", rows)
     boot = Bootstrap(test.datasets, options.resamples, seed=selection.seed)
@@ -232,9 +239,14 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         # every choice made on the train split alone (tests/offline/test_choice_leak.py)
         "choices": {**M.choices(outcomes),
                     **({"jisi_calibrated": {"params": calibration["params"], "shortcut": chosen.shortcut,
-                                            "cost_weight": chosen.cost_weight}} if calibration else {})},
+                                            "cost_weight": chosen.cost_weight},
+                        "jisi_economy": {"params": calibration["profiles"]["economy"]["params"]}}
+                       if calibration else {})},
         "not_replayable": M.NOT_REPLAYABLE,
-        **({"calibration": {k: v for k, v in calibration.items() if k != "tried"},
+        # calibration.json keeps every setting tried and every economy point; results.json the choices
+        **({"calibration": {**{k: v for k, v in calibration.items() if k != "tried"},
+                            "profiles": {name: {k: v for k, v in profile.items() if k != "points"}
+                                         for name, profile in calibration["profiles"].items()}},
             "cost_frontier": frontier_rows,
             "operating_points": {name: [p.__dict__ for p in ps] for name, ps in points.items()}}
            if calibration else {}),

@@ -113,11 +113,12 @@ def test_calibrate_bank_writes_the_choice_into_the_manifest(tmp_path, mini_bench
     assert set(calibration["params"]) == set(calibration["scored"]) and "t" in calibration["unscored"]
 
 
-@pytest.mark.parametrize("objective", ["speed", "cost:2", "cost:cheap"])
+@pytest.mark.parametrize("objective", ["speed", "cost:2", "cost:cheap", "savings:-1", "savings:x"])
 def test_a_bad_objective_is_a_clear_error(tmp_path, mini_bench, objective, capsys):
     assert main(["calibrate", "--records", str(mini_bench), "--out", str(tmp_path), "--objective", objective,
                  "--max-queries", "5"]) == 2
-    assert "--objective must be accuracy or cost:ALPHA" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--objective must be accuracy, cost:ALPHA with ALPHA in [0, 1] or savings[:MARGIN]" in err
 
 
 def test_a_gain_within_noise_is_said_so():
