@@ -33,7 +33,7 @@ import yaml
 
 from localpool.process import ServerProcess, free_port
 
-DEMO_FORMAT = 1  # bump when what a cached demo folder holds changes
+DEMO_FORMAT = 2  # bump when what a cached demo folder holds changes (2: the bank's economy profile)
 READY_TIMEOUT_S = 600.0  # the replay loads the records (~20 s for zeroeval-bench), the gateway the bank
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Protocol
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from app.engine import (
@@ -189,7 +190,7 @@ def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, pric
     leader probability for every query (else only when params.shortcut is set); `quorum` cancels the candidates
     the gateway's fan-out would (else every candidate answers); `with_cascade` walks every query's cascade to the
     end (else only when params.cascade is set), so that any threshold can be read off `cascade`."""
-    n, k, m = len(queries.e), params.k, len(bank.models)
+    n, k = len(queries.e), params.k
     out = ReplayResult(
         retrieval_choice=np.zeros(n, np.int64), route_choice=np.zeros(n, np.int64),
         candidates=np.full((n, k), -1, np.int64), shortcut_choice=np.zeros(n, np.int64), shortcut_calls=[],
@@ -198,6 +199,14 @@ def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, pric
         e_test=queries.e, support_similarity=np.zeros(n), leader_estimate=np.zeros(n),
     )
     costs = cost_model(bank, prices)
+    with threadpool_limits(1):  # small matrix products: a BLAS thread pool only adds wake-ups (3x slower on 2 cores)
+        _replay_each(bank, queries, params, costs, out, with_confidence, progress, quorum, with_cascade)
+    return out
+
+
+def _replay_each(bank: BankLike, queries: Queries, params: JiSiParams, costs: CostModel, out: ReplayResult,
+                 with_confidence: bool, progress: bool, quorum: QuorumModel | None, with_cascade: bool) -> None:
+    n, k, m = len(queries.e), params.k, len(bank.models)
     search_s = engine_s = 0.0
     for q in tqdm(range(n), desc="replay", disable=not progress, unit="query"):
         recorded, empty = queries.present[q], queries.empty[q]
@@ -269,7 +278,6 @@ def replay_queries(bank: BankLike, queries: Queries, params: JiSiParams, *, pric
         out.outcomes.append(decision.outcome)
     out.timing = {"search_ms_per_query": 1000 * search_s / max(n, 1),
                   "engine_ms_per_query": 1000 * engine_s / max(n, 1)}
-    return out
 
 
 def _cascade(bank: BankLike, queries: Queries, q: int, planned: Plan, costs: CostModel,

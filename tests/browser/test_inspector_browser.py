@@ -83,9 +83,20 @@ def test_a_routed_question_is_drawn_as_the_gateway_decided_it(demo: tuple[str, s
             {"role": "user", "content": question}]}, timeout=60).json()
         assert drawn["baseline"] == config["baseline_model"]
         assert drawn["baseline_cost"] == usd(baseline["jisi"]["total_cost_usd"])
+    # the demo's bank has an economy profile: the page offers jisi-economy and draws its own profile's decision
+    economy = page.driver.find_element("id", "economy-choice")
+    assert economy.is_displayed()
+    page.ask(example=2, method="economy")
+    assert page.error() is None
+    drawn = page.drawn()
+    answer = httpx.post(f"{url}/v1/chat/completions", json={"model": "jisi-economy", "messages": [
+        {"role": "user", "content": config["examples"][2]["question"]}]}, timeout=60).json()
+    assert drawn["chosen"] == answer["jisi"]["answered_by"] and drawn["cost"] == usd(answer["jisi"]["total_cost_usd"])
+    if "cascade" in answer["jisi"]:
+        assert drawn["shortcut"].startswith("cascade, cheapest first")
     tally = page.tally()
-    assert tally["n"] == "2" and tally["baseline-name"] == config["baseline_model"]
-    assert re.fullmatch(r"[012]", tally["router-right"]) and tally["router-cost"].startswith("$")
+    assert tally["n"] == "3" and tally["baseline-name"] == config["baseline_model"]
+    assert re.fullmatch(r"[0-3]", tally["router-right"]) and tally["router-cost"].startswith("$")
 
 
 def test_a_gateway_error_is_a_readable_message_on_the_page(page: InspectorPage) -> None:

@@ -109,3 +109,78 @@ async def test_the_banks_calibration_is_the_default_under_the_settings_and_the_r
     assert card["jisi"]["params"]["n_base"] == 100 and card["jisi"]["sources"]["n_base"] == "bank"
     assert card["jisi"]["calibration"] == "accuracy"
     assert json.dumps(card)  # plain JSON
+
+
+def economy_bank(mini_bank, tmp_path, economy: dict | None):
+    bank = tmp_path / "profiled-bank"
+    for f in mini_bank.iterdir():
+        (bank / f.name).parent.mkdir(exist_ok=True)
+        (bank / f.name).write_bytes(f.read_bytes())
+    calibration = {"params": {"n_base": 100, "k": 3}, "objective": "accuracy"}
+    if economy is not None:
+        calibration["profiles"] = {"economy": {"params": economy, "objective": "savings:0"}}
+    bank_writer.commit(bank, read_manifest(bank).model_copy(update={"calibration": calibration}))
+    return bank
+
+
+async def test_jisi_economy_serves_the_banks_economy_profile(mini_bank, bank_models, minilm, tmp_path):
+    bank = economy_bank(mini_bank, tmp_path, {"k": 2, "cost_weight": 0.5, "cascade": 1.0, "shortcut": None})
+    settings = make_settings(bank, bank_models, tmp_path / "c", jisi=JiSiSettings(lam=3.0))
+    fake = FakeUpstreams(list(bank_models))
+    async with running_gateway(settings, minilm, fake) as (app, client):
+        models = {m["id"]: m for m in (await client.get("/v1/models")).json()["data"]}
+        plan = (await client.post("/v1/jisi/route", json={"model": "jisi-economy", "messages": [
+            {"role": "user", "content": QUESTION}]})).json()
+        r = await client.post("/v1/chat/completions", json=chat_body("jisi-economy", QUESTION))
+    card = models["jisi-economy"]["jisi"]
+    assert card["profile"] == "economy" and card["calibration"] == "savings:0"
+    assert card["params"]["k"] == 2 and card["sources"]["k"] == "bank:economy"
+    assert card["params"]["lam"] == 3.0 and card["sources"]["lam"] == "settings"  # settings still win
+    assert card["params"]["n_base"] == 50 and card["sources"]["n_base"] == "default"  # not the quality profile's
+    assert models["jisi"]["jisi"]["profile"] == "quality" and models["jisi"]["jisi"]["params"]["n_base"] == 100
+    assert plan["profile"] == "economy" and plan["param_sources"]["cascade"] == "bank:economy"
+    assert len(plan["candidates"]) == 2
+    info = r.json()["jisi"]
+    assert r.status_code == 200 and info["cascade"] and info["mode"] == "route"
+    assert [c.model for c in fake.calls] == [step["model"] for step in info["cascade"]]
+
+
+async def test_jisi_economy_is_not_found_without_an_economy_profile(mini_bank, bank_models, minilm, tmp_path):
+    settings = make_settings(economy_bank(mini_bank, tmp_path, None), bank_models, tmp_path / "c")
+    async with running_gateway(settings, minilm, FakeUpstreams(list(bank_models))) as (app, client):
+        ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
+        r = await client.post("/v1/chat/completions", json=chat_body("jisi-economy", QUESTION))
+    assert "jisi-economy" not in ids and "jisi" in ids
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert "economy profile" in r.json()["error"]["message"]
+
+
+async def test_the_cascade_calls_the_cheapest_candidate_first_and_stops_on_its_rule(mini_bank, bank_models, minilm,
+                                                                                    tmp_path):
+    # prices fall with the model's position: the candidates are called from the highest bank index down
+    settings = make_settings(mini_bank, bank_models, tmp_path / "c", price=lambda i: (10.0 - i, 10.0 - i))
+    fake = FakeUpstreams(list(bank_models))
+    async with running_gateway(settings, minilm, fake) as (app, client):
+        candidates = (await dry_run(client))["candidates"]
+        cheapest_first = sorted(candidates, key=lambda m: -bank_models.index(m))
+        never = await client.post("/v1/chat/completions", json=chat_body("jisi-route", QUESTION,
+                                                                         jisi={"cascade": 10.0}))
+        walked = [c.model for c in fake.calls]
+        fake.calls.clear()
+        first = await client.post("/v1/chat/completions", json=chat_body("jisi", QUESTION, jisi={"cascade": 0.0}))
+        once = [c.model for c in fake.calls]
+        fake.calls.clear()
+        fake.behaviour[cheapest_first[0]] = Behaviour(status=500)
+        failed = await client.post("/v1/chat/completions", json=chat_body("jisi-route", QUESTION,
+                                                                          jisi={"cascade": 0.0}))
+    # a threshold no lead reaches: every candidate, one at a time, cheapest first; the choice among them
+    assert walked == cheapest_first == never.json()["jisi"]["answered"]
+    leads = [s["lead"] for s in never.json()["jisi"]["cascade"]]
+    assert leads[-1] is None and all(isinstance(x, float) for x in leads[:-1])  # +inf (none waiting) shown as null
+    assert never.json()["model"] in candidates and never.json()["jisi"]["mode"] == "route"
+    # threshold 0: the first answer stops it (the cascade routes, in `jisi` mode too)
+    assert once == cheapest_first[:1] and first.json()["model"] == cheapest_first[0]
+    assert first.json()["jisi"]["mode"] == "route" and first.json()["jisi"]["upstream_calls"] == 1
+    # a failed call is skipped: the next cheapest answers
+    assert [c.model for c in fake.calls] == cheapest_first[:2] and failed.json()["model"] == cheapest_first[1]
+    assert failed.json()["jisi"]["degraded"] is True

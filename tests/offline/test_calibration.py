@@ -75,7 +75,9 @@ def test_evaluate_calibrate_replays_only_train_questions_while_calibrating(tmp_p
     assert replayed and all(row.tobytes() in bank_rows for e in replayed for row in e)
     results = json.loads((out / "results.json").read_text())
     methods = results["methods"]
-    assert {"jisi_route_calibrated", "jisi_shortcut"} <= set(methods)
+    assert {"jisi_route_calibrated", "jisi_shortcut", "jisi_economy"} <= set(methods)
+    assert results["choices"]["jisi_economy"]["params"] == results["calibration"]["profiles"]["economy"]["params"]
+    assert "points" not in results["calibration"]["profiles"]["economy"]  # calibration.json keeps them
     assert 1.0 <= methods["jisi_shortcut"]["calls_per_query"] <= methods["jisi_route_calibrated"]["calls_per_query"]
     frontier = results["cost_frontier"]
     assert {r["cost_weight"] for r in frontier} >= {0.0, 0.5, 1.0}
@@ -133,3 +135,36 @@ def test_a_gain_within_noise_is_said_so():
     assert NOT_DISTINGUISHABLE in describe(calibration)
     calibration["gain_over_paper"] |= {"mean": 0.0178, "noise_level": 0.0057, "distinguishable": True}
     assert NOT_DISTINGUISHABLE not in describe(calibration) and "+1.78 points" in describe(calibration)
+
+
+def test_savings_chooses_the_cheapest_point_at_best_singles_fold_accuracy(tmp_path, mini_bench, embedding_cache_dir):
+    bank = tmp_path / "bank"
+    assert main(["build", "--records", str(mini_bench), "--out", str(bank), "--max-queries", "30",
+                 "--cache-dir", str(embedding_cache_dir)]) == 0
+    out = tmp_path / "cal"
+    assert main(["calibrate", "--records", str(mini_bench), "--out", out.as_posix(), "--bank", str(bank),
+                 "--cache-dir", str(embedding_cache_dir), "--prices", str(PRICES), "--objective", "savings:1",
+                 *SMALL]) == 0
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["choice"] == "economy"
+    economy = calibration["profiles"]["economy"]
+    reference, points = economy["best_single"], economy["points"]
+    assert economy["objective"] == "savings:1" and economy["floor_accuracy"] == pytest.approx(
+        reference["accuracy"] - 0.01)
+    # the grid: every cost weight, K and from_candidates, with every shortcut threshold (and cascade when K > 1)
+    assert {p["setting"]["cost_weight"] for p in points} == set(calibrate_module.ECONOMY_SPACE["cost_weight"])
+    assert {p["setting"]["cascade"] for p in points if p["setting"]["k"] > 1} == set(
+        calibrate_module.CASCADE_THRESHOLDS)
+    assert {p["setting"]["cascade"] for p in points if p["setting"]["k"] == 1} == {None}
+    eligible = [p for p in points if p["accuracy"] >= economy["floor_accuracy"]]
+    assert economy["meets_target"] is bool(eligible)
+    if eligible:  # the cheapest of them (ties: the more accurate)
+        assert economy["chosen"]["cost_per_query_usd"] == min(p["cost_per_query_usd"] for p in eligible)
+    chosen = economy["chosen"]["setting"]
+    assert {k: economy["params"][k] for k in chosen} == chosen
+    # the quality profile is the accuracy choice, untouched; both go into the bank
+    manifest = read_manifest(bank).calibration
+    assert manifest["params"] == {k: v for k, v in calibration["params"].items() if k in manifest["scored"]}
+    assert manifest["profiles"]["economy"]["params"]["cascade"] == economy["params"]["cascade"]
+    assert manifest["profiles"]["economy"]["objective"] == "savings:1"
+    assert "The economy profile (savings:1)" in (out / "calibration.md").read_text()

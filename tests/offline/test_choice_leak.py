@@ -1,8 +1,8 @@
 """No choice of `jisi-bank evaluate --calibrate` can read the test labels: the calibrated JiSi parameters, the
-shortcut threshold, the cost weight and every baseline's choice (best single, best per dataset, the voters, kNN's
-k, the clusters, the logistic and mf fits) are made on the train split alone. The proof: the same evaluation on
-real records and on records whose TEST split's correctness, costs, tokens and answers are shuffled reports the
-same `choices`, while its test figures move.
+shortcut threshold, the cost weight, the economy profile (its cascade included) and every baseline's choice (best
+single, best per dataset, the voters, kNN's k, the clusters, the logistic and mf fits) are made on the train split
+alone. The proof: the same evaluation on real records and on records whose TEST split's correctness, costs, tokens
+and answers are shuffled reports the same `choices`, while its test figures move.
 
 The records are written as LLMRouterBench files with the split "test" everywhere, so the evaluator draws its
 seeded random split from (dataset, index, question) alone, which the shuffle leaves as they are."""
@@ -95,7 +95,7 @@ def test_no_choice_moves_when_only_the_test_split_is_shuffled(tmp_path, mini_ben
 
     choices = before["choices"]
     assert set(choices) == {"best_single", "best_per_dataset", "knn", "cluster", "logistic", "mf", "majority_vote",
-                            "majority_vote_per_dataset", "jisi_calibrated"}
+                            "majority_vote_per_dataset", "jisi_calibrated", "jisi_economy"}
     assert set(choices["jisi_calibrated"]) == {"params", "shortcut", "cost_weight"}
     assert set(choices["cluster"]) >= {"n_clusters", "centroids_sha256", "best_model"}
     assert set(choices["best_per_dataset"]["models"]) == set(choices["majority_vote_per_dataset"]["voters"]) \

@@ -90,7 +90,7 @@ async function grade(question, content, model) {
 }
 
 function request(method, messages) {
-  const model = method === "jisi" ? "jisi" : "jisi-route";
+  const model = { jisi: "jisi", economy: "jisi-economy" }[method] || "jisi-route";
   const body = { model, messages };
   if (method === "route") body.jisi = { shortcut: null }; // the full top-K fan-out, the shortcut off
   return body;
@@ -167,6 +167,10 @@ function drawSupport(dry) {
 
 function describeShortcut(method, dry, jisi) {
   const s = dry.shortcut;
+  if (jisi.cascade) {
+    const steps = jisi.cascade.map((st) => `${st.model} (lead ${st.lead === null ? "∞" : st.lead.toFixed(2)})`);
+    return `cascade, cheapest first, stopping at lead ≥ ${dry.params.cascade}: ${steps.join(" → ")}`;
+  }
   if (method === "route") return "shortcut off for this request: every candidate is called";
   if (s.threshold === null) return "no shortcut threshold in force (the bank's calibration chose none): every candidate is called";
   const confidence = s.leader_confidence === null ? "unknown" : s.leader_confidence.toFixed(3);
@@ -202,7 +206,7 @@ async function ask(event) {
   try {
     const baselineModel = state.config.baseline_model;
     const [dry, chat, baseline] = await Promise.all([
-      call("/v1/jisi/route", { ...body, neighbours: 10 }),
+      call("/v1/jisi/route", { ...body, neighbours: 10 }),  // the dry run plans with the same model's profile
       call("/v1/chat/completions", body),
       baselineModel ? call("/v1/chat/completions", { model: baselineModel, messages }).catch((exc) => exc) : null,
     ]);
@@ -283,6 +287,10 @@ async function start() {
   } catch (exc) {
     $("bank").textContent = `the gateway is not ready: ${exc.message}`;
   }
+  try {
+    const models = (await call("/v1/models")).body.data.map((m) => m.id);
+    $("economy-choice").hidden = !models.includes("jisi-economy");  // the bank has an economy profile
+  } catch (_) { /* the error shows when a question is asked */ }
   try {
     state.config = (await call("/inspector/api/config")).body;
   } catch (exc) {
