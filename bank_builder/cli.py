@@ -120,8 +120,10 @@ def _add_replay_options(parser: argparse.ArgumentParser, *, out: str, param: str
 
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("calibration (bank_builder/evaluate/calibrate.py)")
-    group.add_argument("--objective", default="accuracy", metavar="accuracy|cost:ALPHA",
-                       help="accuracy, or cost:ALPHA (cost_weight fixed at ALPHA, the rest chosen for accuracy)")
+    group.add_argument("--objective", default="accuracy", metavar="accuracy|cost:ALPHA|savings[:MARGIN]",
+                       help="accuracy, cost:ALPHA (cost_weight fixed at ALPHA, the rest chosen for accuracy), or "
+                            "savings[:MARGIN] (the economy profile: the cheapest point at best single's fold accuracy "
+                            "minus MARGIN points, default 0)")
     group.add_argument("--folds", type=int, default=5, help="cross-validation folds of the train split")
     group.add_argument("--settings", type=int, default=40,
                        help="settings tried: the paper's defaults and a seeded random sample of the search space")
@@ -201,6 +203,11 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"index     {m.index_type}")
     print(f"split     {json.dumps(m.split)}")
     print(f"params    {json.dumps(m.params)}")
+    calibration = m.calibration or {}
+    if calibration:  # the named profiles the gateway serves (quality: every virtual model; economy: jisi-economy)
+        print(f"quality   {calibration.get('objective')}: {json.dumps(calibration.get('params'))}")
+        for name, profile in (calibration.get("profiles") or {}).items():
+            print(f"{name:<9} {profile.get('objective')}: {json.dumps(profile.get('params'))}")
     print("sources   " + "\n          ".join(f"{s.path} sha256:{s.sha256[:16]}" for s in m.sources))
     print(f"\n{'model':<40} {'records':>8} {'accuracy':>9} {'mean c':>8}")
     for j, name in enumerate(m.models):
@@ -230,7 +237,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
                                      response_embedder=response_embedder_settings(args), params=jisi_params(args.param),
                                      split=args.split, train_ratio=args.train_ratio, prices=args.prices,
                                      objective=args.objective, folds=args.folds, settings=args.settings,
-                                     bank=args.bank))
+                                     bank=args.bank, economy=args.economy))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -341,6 +348,9 @@ def parser() -> argparse.ArgumentParser:
                         param="fixed parameters the search starts from (repeatable)",
                         split="which records are the train split (as for evaluate); only those are read")
     cal.add_argument("--bank", type=Path, help="write the choice into this bank's manifest (its defaults)")
+    cal.add_argument("--no-economy", dest="economy", action="store_false",
+                     help="skip the economy profile's search (4-5x the accuracy search's time; the bank then serves "
+                          "no jisi-economy)")
     _add_calibration_options(cal)
     cal.set_defaults(func=cmd_calibrate)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 import httpx
 
 from bench.common import pct
-from localpool.demo import prepare, running
+from localpool.demo import DemoBank, best_single_on_train, prepare, running
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -83,12 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", type=Path, default=SHARED / "zeroeval-bench.tar.xz")
     parser.add_argument("--prices", type=Path, default=SHARED / "prices.json")
     parser.add_argument("--cache", type=Path, default=Path("var/demo"), help="the demo's bank cache")
+    parser.add_argument("--bank", type=Path, help="serve this bank (of the records' train split) instead")
     parser.add_argument("--n", type=int, default=120, help="test questions (the replay's seeded order)")
     parser.add_argument("--cascade", type=float, nargs="+", default=[1.0], help="cascade thresholds to measure")
     parser.add_argument("--hedge-ms", type=float, nargs="*", default=[500.0, 1000.0, 2000.0])
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args(argv)
-    demo = prepare([args.records], args.prices, args.cache)
+    if args.bank:
+        best, models = best_single_on_train([args.records], 42)
+        work = Path(tempfile.mkdtemp(prefix="jisi-cascade-"))
+        demo = DemoBank(work, args.bank, best, models, None)
+    else:
+        demo = prepare([args.records], args.prices, args.cache)
     with running(demo, [args.records], args.prices) as (replay, gateway):
         questions = [q["question"] for q in httpx.get(f"{replay.url}/questions", params={"n": args.n},
                                                        timeout=30).json()["data"]]

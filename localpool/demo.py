@@ -33,7 +33,7 @@ import yaml
 
 from localpool.process import ServerProcess, free_port
 
-DEMO_FORMAT = 2  # bump when what a cached demo folder holds changes (2: the bank's economy profile)
+DEMO_FORMAT = 1  # bump when what a cached demo folder holds changes
 READY_TIMEOUT_S = 600.0  # the replay loads the records (~20 s for zeroeval-bench), the gateway the bank
 
 
@@ -46,9 +46,9 @@ class DemoBank:
     built_s: float | None  # None: found in the cache
 
 
-def _identity(records: list[Path], embedder: str, seed: int) -> str:
+def _identity(records: list[Path], embedder: str, seed: int, economy: bool = False) -> str:
     """Which cached demo folder these records belong to: a changed file (size, mtime) builds a new one."""
-    parts = [f"format={DEMO_FORMAT}", f"embedder={embedder}", f"seed={seed}"]
+    parts = [f"format={DEMO_FORMAT}", f"embedder={embedder}", f"seed={seed}", *(["economy"] if economy else [])]
     for path in records:
         stat = path.stat()
         parts.append(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
@@ -64,13 +64,17 @@ def _run(argv: list[str]) -> None:
     subprocess.run(argv, check=True)
 
 
-def prepare(records: list[Path], prices: Path | None, cache: Path, *, seed: int = 42) -> DemoBank:
-    """The calibrated train bank and the best single model, from the cache or built now."""
+def prepare(records: list[Path], prices: Path | None, cache: Path, *, seed: int = 42,
+            economy: bool = False) -> DemoBank:
+    """The calibrated train bank and the best single model, from the cache or built now. `economy` also
+    calibrates the bank's economy profile (jisi-economy; on zeroeval-bench ~4 more minutes on two cores, past the
+    five minutes a first start may take, so the demo leaves it out unless asked)."""
     from app.config import Settings
     from app.embedding import embedder_name
 
     settings = Settings()
-    folder = cache / f"{records[0].name.split('.')[0]}-{_identity(records, embedder_name(settings.embedder), seed)}"
+    identity = _identity(records, embedder_name(settings.embedder), seed, economy)
+    folder = cache / f"{records[0].name.split('.')[0]}-{identity}"
     summary = folder / "demo.json"
     if summary.is_file():
         cached = json.loads(summary.read_text())
@@ -81,7 +85,8 @@ def prepare(records: list[Path], prices: Path | None, cache: Path, *, seed: int 
     common = [*_record_args(records), "--seed", str(seed)]
     _run([str(bin_dir / "jisi-bank"), "build", *common, "--split", "train", "--out", str(folder / "bank")])
     _run([str(bin_dir / "jisi-bank"), "calibrate", *common, "--bank", str(folder / "bank"), "--out",
-          str(folder / "calibration"), *(["--prices", str(prices)] if prices else [])])
+          str(folder / "calibration"), *(["--prices", str(prices)] if prices else []),
+          *([] if economy else ["--no-economy"])])
     best, models = best_single_on_train(records, seed)
     summary.write_text(json.dumps({"best_single": best, "models": models, "records": [str(p) for p in records],
                                    "built_s": round(time.monotonic() - started, 1)}, indent=1) + "\n")
@@ -179,6 +184,8 @@ def add_parser(sub: Any, default_records: Path, default_prices: Path) -> None:
     p.add_argument("--seed", type=int, default=42, help="the split's seed (the evaluator's)")
     p.add_argument("--cache", type=Path, default=Path("var/demo"), help="where built demo banks are kept")
     p.add_argument("--prepare-only", action="store_true", help="build (or find) the bank and exit")
+    p.add_argument("--economy", action="store_true",
+                   help="also calibrate the economy profile (jisi-economy in the inspector; ~4 more minutes)")
 
 
 def main(args: argparse.Namespace, default_records: Path) -> int:
@@ -190,7 +197,7 @@ def main(args: argparse.Namespace, default_records: Path) -> int:
     if missing:
         print(f"jisi-pool demo: no records at {', '.join(missing)}", file=sys.stderr)
         return 1
-    demo = prepare(records, args.prices, args.cache, seed=args.seed)
+    demo = prepare(records, args.prices, args.cache, seed=args.seed, economy=args.economy)
     print(f"demo bank {demo.bank}: {'built in %.0f s' % demo.built_s if demo.built_s is not None else 'cached'}; "
           f"best single on train: {demo.best_single}", flush=True)
     if args.prepare_only:

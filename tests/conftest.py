@@ -73,7 +73,8 @@ def static_embedder():
 
 @pytest.fixture(scope="session")
 def demo_bank(tmp_path_factory: pytest.TempPathFactory, mini_bench: Path):
-    """`jisi-pool demo`'s bank on mini-bench: the train split, calibrated on its folds (~15 s, once)."""
+    """`jisi-pool demo --economy`'s bank on mini-bench: the train split, calibrated on its folds with both
+    profiles (~1.5 min, once)."""
     from localpool.demo import prepare
 
-    return prepare([mini_bench], PRICES, tmp_path_factory.mktemp("demo"))
+    return prepare([mini_bench], PRICES, tmp_path_factory.mktemp("demo"), economy=True)

@@ -41,6 +41,7 @@ class CalibrateOptions:
     folds: int = 5
     settings: int = 40
     bank: Path | None = None
+    economy: bool = True  # also choose the economy profile (the bank's second profile, jisi-economy)
 
 
 def embedded_train(train: RecordMatrix, embedder_settings: EmbedderSettings,
@@ -68,16 +69,18 @@ def write_into_bank(bank: Path, calibration: dict[str, Any], models: list[str]) 
                         f"({len(manifest.models)} vs {len(models)}); calibrate on the records the bank was built from")
     chosen = {k: v for k, v in calibration["params"].items() if k in SCORED}
     unscored = sorted(k for k in calibration["params"] if k not in SCORED)
-    cheap = calibration["profiles"]["economy"]
-    point = cheap["chosen"]
-    economy = {"params": {k: v for k, v in cheap["params"].items() if k in SCORED}, "objective": cheap["objective"],
-               "cv_accuracy": point["accuracy"], "cv_cost_per_query_usd": point["cost_per_query_usd"],
-               "cv_calls_per_query": point["calls_per_query"], "best_single": cheap["best_single"],
-               "meets_target": cheap["meets_target"]}
+    profiles = {}  # a calibration without the economy search leaves the bank without one (it was chosen on top of
+    for name, cheap in calibration["profiles"].items():  # the quality choice this calibration replaces)
+        point = cheap["chosen"]
+        profiles[name] = {"params": {k: v for k, v in cheap["params"].items() if k in SCORED},
+                          "objective": cheap["objective"], "cv_accuracy": point["accuracy"],
+                          "cv_cost_per_query_usd": point["cost_per_query_usd"],
+                          "cv_calls_per_query": point["calls_per_query"], "best_single": cheap["best_single"],
+                          "meets_target": cheap["meets_target"]}
     kept = {"params": chosen, "scored": list(SCORED), "unscored": unscored,
             "objective": calibration["objective"], "folds": calibration["folds"],
             "train_queries": calibration["train_queries"], "cv_accuracy": calibration["chosen"]["accuracy"],
-            "profiles": {"economy": economy}, "created_at": bank_writer.now_iso()}
+            "profiles": profiles, "created_at": bank_writer.now_iso()}
     bank_writer.commit(bank, manifest.model_copy(update={"calibration": kept}))
 
 
@@ -91,7 +94,7 @@ def run_calibration(options: CalibrateOptions) -> dict[str, Any]:
     prices = metrics.load_prices(options.prices) if options.prices else {}
     data = embedded_train(train, options.embedder, options.response_embedder, prices)
     calibration = calibrate(data, options.params, objective=options.objective, folds=options.folds,
-                            settings=options.settings, seed=options.records.seed)
+                            settings=options.settings, seed=options.records.seed, economy_profile=options.economy)
     calibration |= {"split": kind, "records": options.records.describe(),
                     "bank_accuracy": dict(zip(data.models, bank_accuracy(data.v, data.present).round(4).tolist()))}
     options.out.mkdir(parents=True, exist_ok=True)

@@ -168,3 +168,16 @@ def test_savings_chooses_the_cheapest_point_at_best_singles_fold_accuracy(tmp_pa
     assert manifest["profiles"]["economy"]["params"]["cascade"] == economy["params"]["cascade"]
     assert manifest["profiles"]["economy"]["objective"] == "savings:1"
     assert "The economy profile (savings:1)" in (out / "calibration.md").read_text()
+
+
+def test_no_economy_skips_the_economy_profile(tmp_path, mini_bench, embedding_cache_dir, capsys):
+    bank = tmp_path / "bank"
+    assert main(["build", "--records", str(mini_bench), "--out", str(bank), "--max-queries", "30",
+                 "--cache-dir", str(embedding_cache_dir)]) == 0
+    assert main(["calibrate", "--records", str(mini_bench), "--out", str(tmp_path / "cal"), "--bank", str(bank),
+                 "--cache-dir", str(embedding_cache_dir), "--no-economy", *SMALL]) == 0
+    calibration = read_manifest(bank).calibration
+    assert calibration["params"] and calibration["profiles"] == {}
+    assert main(["calibrate", "--records", str(mini_bench), "--out", str(tmp_path / "cal2"), "--no-economy",
+                 "--objective", "savings", "--cache-dir", str(embedding_cache_dir), *SMALL]) == 2
+    assert "cannot go without it (--no-economy)" in capsys.readouterr().err

@@ -22,6 +22,7 @@ def test_the_demo_bank_is_the_calibrated_train_split(demo_bank: demo.DemoBank, m
     manifest = read_manifest(demo_bank.bank)
     assert manifest.split["part"] == "train" and manifest.split["kind"] == "random"
     assert manifest.calibration and manifest.calibration["params"]  # calibrate --bank wrote its choice
+    assert manifest.calibration["profiles"]["economy"]["params"]  # --economy: the second profile too
     test = load_served(RecordSelection(paths=(mini_bench,)), "test").matrix
     train = load_served(RecordSelection(paths=(mini_bench,)), "train").matrix
     assert manifest.n_queries == len(train.queries)
@@ -42,7 +43,7 @@ def test_a_prepared_demo_is_found_in_the_cache(demo_bank: demo.DemoBank, mini_be
         raise AssertionError("the cached demo ran a command")
 
     monkeypatch.setattr(subprocess, "run", refuse)
-    again = demo.prepare([mini_bench], PRICES, demo_bank.folder.parent)
+    again = demo.prepare([mini_bench], PRICES, demo_bank.folder.parent, economy=True)
     assert again.built_s is None and again.bank == demo_bank.bank and again.best_single == demo_bank.best_single
 
 
