@@ -6,7 +6,7 @@
 
 1. `jisi-bank evaluate --calibrate --decisions` on the records: a bank from the train split at the paper's
    defaults, the calibration on the train folds, and decisions.jsonl (every test question x jisi_route,
-   jisi_route_calibrated, jisi_shortcut, jisi_economy).
+   jisi_route_calibrated, jisi_shortcut, jisi_cascade, jisi_economy).
 2. `jisi-bank calibrate --bank` on a copy of that bank: the calibrated bank a user would serve (its choice must be
    the evaluator's).
 3. The replay upstream (`jisi-pool replay`) over the test split, and two gateways (`jisi-gateway`, as deployed)
@@ -49,7 +49,7 @@ from bank_builder.records import RecordSelection
 from bank_builder.records.latency import parse_latency
 from bench.common import REPO, ServerProcess, free_port, pct, start_gateway
 
-METHODS = ("jisi_route", "jisi_route_calibrated", "jisi_shortcut", "jisi_economy")
+METHODS = ("jisi_route", "jisi_route_calibrated", "jisi_shortcut", "jisi_cascade", "jisi_economy")
 COST_RTOL = 1e-6  # the gateway books usage x price per call, the records price x usage: equal up to rounding
 
 
@@ -66,22 +66,25 @@ class Served:
     error: str | None = None
 
 
-def request_body(query: str, method: str) -> dict[str, Any]:
+def request_body(query: str, method: str, cascade: float | None = None) -> dict[str, Any]:
     model = "jisi-economy" if method == "jisi_economy" else "jisi-route"  # the bank's economy profile
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": query}]}
     if method == "jisi_route_calibrated":
         body["jisi"] = {"shortcut": None}  # the calibrated bank's setting, always fanning out
+    if method == "jisi_cascade":  # the calibrated setting with the cascade at the folds' threshold
+        body["jisi"] = {"shortcut": None, "cascade": cascade}
     return body
 
 
-async def serve_all(url: str, method: str, queries: list[str], concurrency: int) -> list[Served]:
+async def serve_all(url: str, method: str, queries: list[str], concurrency: int,
+                    cascade: float | None = None) -> list[Served]:
     """Every question through one gateway, `concurrency` at a time."""
     limit = asyncio.Semaphore(concurrency)
 
     async def one(client: httpx.AsyncClient, query: str) -> Served:
         async with limit:
             started = time.perf_counter()
-            response = await client.post(f"{url}/v1/chat/completions", json=request_body(query, method))
+            response = await client.post(f"{url}/v1/chat/completions", json=request_body(query, method, cascade))
             elapsed = time.perf_counter() - started
         if response.status_code != 200:
             return Served([], None, [], 0.0, True, elapsed, f"HTTP {response.status_code}: {response.text[:200]}")
@@ -186,7 +189,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
             gateway = start_gateway(gateway_dir, bank if method == "jisi_route" else calibrated_bank, upstreams,
                                     timeout_s=120, upstream_settings=priced, **settings)
             try:
-                served = asyncio.run(serve_all(gateway.url, method, [d["query"] for d in rows], args.concurrency))
+                served = asyncio.run(serve_all(gateway.url, method, [d["query"] for d in rows], args.concurrency,
+                                               results["calibration"]["cascade"]["threshold"]))
             finally:
                 gateway.stop()
             report["methods"][method] = compare(method, rows, served, args.show)

@@ -13,7 +13,7 @@ import numpy as np
 METHOD_ORDER = [
     "oracle", "best_single", "best_per_dataset", "random", "retrieval", "knn", "cluster", "logistic", "mf",
     "majority_vote", "majority_vote_per_dataset", "jisi_route", "jisi_route_calibrated", "jisi_shortcut",
-    "jisi_economy", "jisi_aggregate", "jisi",
+    "jisi_cascade", "jisi_economy", "jisi_aggregate", "jisi",
 ]
 REQUIRED_METHOD_KEYS = ("average", "datasets", "cost_per_query_usd", "calls_per_query", "ci95",
                         "delta_vs_best_single", "gain_over_random", "gain_over_best_single", "gap_to_oracle",

@@ -185,11 +185,14 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         calibration["wall_s"] = round(time.perf_counter() - t_cal, 1)
         chosen = params.with_overrides(calibration["params"])
         tuned = replay_queries(bank, queries, chosen.with_overrides({"shortcut": None}), prices=(p_in, p_out),
-                               with_confidence=True, progress=True, quorum=quorum)
+                               with_confidence=True, progress=True, quorum=quorum, with_cascade=True)
+        theta = calibration["cascade"]["threshold"]
         outcomes["jisi_route_calibrated"] = jisi_outcome(test, tuned, cost, None,
                                                          "router-only with the train-CV choice")
         outcomes["jisi_shortcut"] = jisi_outcome(test, tuned, cost, chosen.shortcut,
                                                  f"the same, the leader alone when P >= {chosen.shortcut}")
+        outcomes["jisi_cascade"] = jisi_outcome(test, tuned, cost, None, f"the same, the candidates one at a time, "
+                                                f"cheapest first, stopping at lead >= {theta}", theta)
         economy = params.with_overrides(calibration["profiles"]["economy"]["params"])
         cheap = replay_queries(bank, queries, economy.with_overrides({"shortcut": None}), prices=(p_in, p_out),
                                with_confidence=True, progress=True, quorum=quorum)
@@ -214,6 +217,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         if options.calibrate:
             rows += [*decision_rows("jisi_route_calibrated", test, tuned, cost, None),
                      *decision_rows("jisi_shortcut", test, tuned, cost, chosen.shortcut),
+                     *decision_rows("jisi_cascade", test, tuned, cost, None, theta),
                      *decision_rows("jisi_economy", test, cheap, cost, economy.shortcut, economy.cascade)]
         out.mkdir(parents=True, exist_ok=True)
         write_decisions(out / "decisions.jsonl", rows)
@@ -240,6 +244,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         "choices": {**M.choices(outcomes),
                     **({"jisi_calibrated": {"params": calibration["params"], "shortcut": chosen.shortcut,
                                             "cost_weight": chosen.cost_weight},
+                        "jisi_cascade": {"threshold": calibration["cascade"]["threshold"]},
                         "jisi_economy": {"params": calibration["profiles"]["economy"]["params"]}}
                        if calibration else {})},
         "not_replayable": M.NOT_REPLAYABLE,

@@ -95,7 +95,7 @@ def test_no_choice_moves_when_only_the_test_split_is_shuffled(tmp_path, mini_ben
 
     choices = before["choices"]
     assert set(choices) == {"best_single", "best_per_dataset", "knn", "cluster", "logistic", "mf", "majority_vote",
-                            "majority_vote_per_dataset", "jisi_calibrated", "jisi_economy"}
+                            "majority_vote_per_dataset", "jisi_calibrated", "jisi_cascade", "jisi_economy"}
     assert set(choices["jisi_calibrated"]) == {"params", "shortcut", "cost_weight"}
     assert set(choices["cluster"]) >= {"n_clusters", "centroids_sha256", "best_model"}
     assert set(choices["best_per_dataset"]["models"]) == set(choices["majority_vote_per_dataset"]["voters"]) \
