@@ -75,7 +75,14 @@ def test_evaluate_calibrate_replays_only_train_questions_while_calibrating(tmp_p
     assert replayed and all(row.tobytes() in bank_rows for e in replayed for row in e)
     results = json.loads((out / "results.json").read_text())
     methods = results["methods"]
-    assert {"jisi_route_calibrated", "jisi_shortcut", "jisi_economy"} <= set(methods)
+    assert {"jisi_route_calibrated", "jisi_shortcut", "jisi_cascade", "jisi_economy"} <= set(methods)
+    cascade = results["calibration"]["cascade"]  # the cheapest threshold within the budget of fanning out
+    fan_out = cascade["by_threshold"]["None"]["accuracy"]
+    kept = {c: v for c, v in cascade["by_threshold"].items() if c != "None" and v["accuracy"] >= fan_out - 0.0035}
+    assert (cascade["threshold"] is None) == (not kept)
+    if kept:
+        assert str(cascade["threshold"]) == min(kept, key=lambda c: kept[c]["cost_per_query_usd"])
+    assert results["choices"]["jisi_cascade"] == {"threshold": cascade["threshold"]}
     assert results["choices"]["jisi_economy"]["params"] == results["calibration"]["profiles"]["economy"]["params"]
     assert "points" not in results["calibration"]["profiles"]["economy"]  # calibration.json keeps them
     assert 1.0 <= methods["jisi_shortcut"]["calls_per_query"] <= methods["jisi_route_calibrated"]["calls_per_query"]
