@@ -19,7 +19,7 @@ import app.engine as engine
 from app.config import EmbedderSettings
 from app.engine import JiSiParams
 from bank_builder.evaluate import scores as metrics
-from bank_builder.evaluate.calibrate import evaluate_setting, make_folds
+from bank_builder.evaluate.folds import evaluate_setting, make_folds
 from bank_builder.evaluate.calibrate_cli import embedded_train
 from bank_builder.evaluate.split import choose_split
 from bank_builder.records import load_records

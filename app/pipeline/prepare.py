@@ -4,7 +4,7 @@ Data flows one way: the request becomes engine inputs, the engine's decisions be
 (fanout.py), and the calls become either the answer or an aggregation to run (aggregate.py), with a trace
 (trace.py) of every decision, call, cost and phase time.
 
-Over 300 lines on purpose: one method per step of the method (plan, forecast, shortcut, fan-out, decide,
+Over 400 lines on purpose: one method per step of the method (plan, forecast, shortcut, cascade, fan-out, decide,
 final set, switch, single model) on the one per-request state they share (_Request); the steps' own
 mechanics already live in fanout.py, aggregate.py, budget.py and the engine.
 """

@@ -21,7 +21,8 @@ from app.engine import JiSiParams, bank_accuracy
 from bank_builder.build import embed_responses, embed_unique
 from bank_builder.evaluate import report
 from bank_builder.evaluate import scores as metrics
-from bank_builder.evaluate.calibrate import SCORED, TrainSet, calibrate, describe
+from bank_builder.evaluate.calibrate import SCORED, calibrate, describe
+from bank_builder.evaluate.folds import TrainSet
 from bank_builder.evaluate.replay import empty_answers, query_prompt_tokens
 from bank_builder.evaluate.split import SplitKind, choose_split
 from bank_builder.records import RecordMatrix, RecordSelection

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from bank_builder.evaluate.calibrate import path_calls
+from bank_builder.evaluate.folds import path_calls
 from bank_builder.evaluate.replay import ReplayResult
 from bank_builder.records import RecordMatrix
 

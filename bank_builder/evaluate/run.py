@@ -26,7 +26,8 @@ from bank_builder.evaluate import baselines, plots, report
 from bank_builder.evaluate.explain import explain
 from bank_builder.evaluate.explain import to_markdown as explain_markdown
 from bank_builder.evaluate import scores as metrics
-from bank_builder.evaluate.calibrate import TrainSet, calibrate, describe, path_outcomes
+from bank_builder.evaluate.calibrate import calibrate, describe
+from bank_builder.evaluate.folds import TrainSet, path_outcomes
 from bank_builder.evaluate.replay import (
     QuorumModel, Queries, ReplayResult, empty_answers, query_prompt_tokens, replay_queries,
 )

@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 
 import bank_builder.evaluate.calibrate as calibrate_module
+import bank_builder.evaluate.economy as economy_module
+import bank_builder.evaluate.folds as folds_module
 import bank_builder.evaluate.calibrate_cli as calibrate_cli
 from app.bank.format import read_manifest
 from app.engine import JiSiParams
 from bank_builder.cli import main
 from bank_builder.evaluate.calibrate import (
-    NOT_DISTINGUISHABLE, SEARCH_SPACE, describe, sample_settings, setting_params, stratified_folds,
+    NOT_DISTINGUISHABLE, SEARCH_SPACE, describe, sample_settings, setting_params,
 )
+from bank_builder.evaluate.folds import stratified_folds
 from bank_builder.evaluate.split import train_test_split
 from bank_builder.records import load_records
 from tests.conftest import PRICES
@@ -59,13 +62,13 @@ def test_calibrate_embeds_no_test_question(tmp_path, mini_bench, embedding_cache
 def test_evaluate_calibrate_replays_only_train_questions_while_calibrating(tmp_path, mini_bench, embedding_cache_dir,
                                                                           monkeypatch):
     replayed: list[np.ndarray] = []
-    real = calibrate_module.replay_queries
+    real = folds_module.replay_queries
 
     def spy(bank, queries, params, **kwargs):
         replayed.append(np.asarray(queries.e))
         return real(bank, queries, params, **kwargs)
 
-    monkeypatch.setattr(calibrate_module, "replay_queries", spy)
+    monkeypatch.setattr(folds_module, "replay_queries", spy)
     out = tmp_path / "eval"
     assert main(["evaluate", "--records", str(mini_bench), "--out", str(out), "--cache-dir", str(embedding_cache_dir),
                  "--prices", str(PRICES), "--calibrate", "--no-plots", "--resamples", "200", *SMALL]) == 0
@@ -159,7 +162,7 @@ def test_savings_chooses_the_cheapest_point_at_best_singles_fold_accuracy(tmp_pa
     assert economy["objective"] == "savings:1" and economy["floor_accuracy"] == pytest.approx(
         reference["accuracy"] - 0.01)
     # the grid: every cost weight, K and from_candidates, with every shortcut threshold (and cascade when K > 1)
-    assert {p["setting"]["cost_weight"] for p in points} == set(calibrate_module.ECONOMY_SPACE["cost_weight"])
+    assert {p["setting"]["cost_weight"] for p in points} == set(economy_module.ECONOMY_SPACE["cost_weight"])
     assert {p["setting"]["cascade"] for p in points if p["setting"]["k"] > 1} == set(
         calibrate_module.CASCADE_THRESHOLDS)
     assert {p["setting"]["cascade"] for p in points if p["setting"]["k"] == 1} == {None}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.engine import JiSiParams
-from bank_builder.evaluate.calibrate import path_calls
+from bank_builder.evaluate.folds import path_calls
 from bank_builder.evaluate.replay import MemoryBank, Queries, replay_queries
 
 M, N, D = 4, 40, 8
