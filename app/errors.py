@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from app.protocol import ErrorBody, ErrorResponse
+from app.protocol.common import ErrorBody, ErrorResponse
 
 
 class ErrorKind(str, Enum):

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import ErrorKind, GatewayError, bad_request
-from app.protocol import ErrorBody, ErrorResponse
+from app.protocol.common import ErrorBody, ErrorResponse
 
 STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID_REQUEST: 400, ErrorKind.UNAUTHENTICATED: 401, ErrorKind.NOT_FOUND: 404,

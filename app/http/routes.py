@@ -15,7 +15,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from app.errors import ErrorKind, GatewayError
 from app.observability.logs import current_request_id
 from app.observability.metrics import Metrics
-from app.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList, RouteRequest
+from app.protocol.common import ErrorResponse
+from app.protocol.chat import ChatCompletion, ChatCompletionRequest, ModelList, RouteRequest
+from app.protocol.responses import ResponseObject, ResponsesRequest
 from app.serving.gateway import Gateway
 
 router = APIRouter()
@@ -47,6 +49,16 @@ STREAM_200 = {200: {"description": "A chat.completion, or with `stream: true` an
                         "type": "object", "required": ["data"],
                         "properties": {"data": {"type": "string", "description": "a chat.completion.chunk or an "
                                                 "OpenAI error object as JSON, or the final `[DONE]`"}}}}}}}
+
+
+RESPONSES_STREAM_200 = {200: {
+    "description": "A response object, or with `stream: true` an SSE stream of Responses API events "
+                   "(`response.created` ... `response.completed`), each an `event:` line and its JSON `data:`",
+    "content": {"text/event-stream": {"schema": {
+        "type": "object", "required": ["data"],
+        "properties": {"event": {"type": "string", "description": "the event's type, e.g. response.output_text.delta"},
+                       "data": {"type": "string", "description": "the event as JSON, with its `type` and "
+                                "`sequence_number`"}}}}}}}
 
 
 def request_id(request: Request) -> str:
@@ -84,6 +96,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
                                  headers={"x-request-id": rid, "cache-control": "no-cache"})
     result, headers = await gateway(request).chat(body, rid)
     return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
+
+
+@router.post("/v1/responses", response_model=ResponseObject, responses={**RESPONSES_STREAM_200, **ERRORS},
+             dependencies=[Depends(authorize)])
+async def responses(body: ResponsesRequest, request: Request) -> Response:
+    """OpenAI's Responses API, stateless: the same pipeline as chat completions, in the other wire format."""
+    rid = request_id(request)
+    if body.stream:
+        stream = await gateway(request).responses_stream(body, rid)
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={"x-request-id": rid, "cache-control": "no-cache"})
+    result, headers = await gateway(request).responses(body, rid)
+    return JSONResponse(result.model_dump(mode="json"), headers=headers)
 
 
 @router.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}},

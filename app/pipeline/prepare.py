@@ -27,7 +27,7 @@ from app.pipeline.aggregate import Aggregation, aggregation_messages, choose_agg
 from app.pipeline.budget import Budget
 from app.pipeline.fanout import LiveEmbeddings, call_all, response_text
 from app.pipeline.trace import Trace, named_scores
-from app.protocol import ChatCompletionRequest
+from app.protocol.chat import ChatCompletionRequest
 from app.upstream.call import CallResult, UpstreamError, estimate_tokens, prompt_text
 from app.upstream.pool import UpstreamPool
 from app.upstream.pricing import upstream_cost_usd

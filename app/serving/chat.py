@@ -7,8 +7,8 @@ from typing import Any, AsyncIterator
 
 from app.pipeline.prepare import Pipeline, Prepared
 from app.pipeline.trace import Trace
-from app.protocol import ChatCompletionRequest
-from app.serving.render import KEEPALIVE, ChunkWriter
+from app.protocol.chat import ChatCompletionRequest
+from app.serving.render import KEEPALIVE, StreamWriter
 from app.upstream.call import CallResult
 
 
@@ -26,7 +26,7 @@ async def answer(pipeline: Pipeline, request: ChatCompletionRequest) -> tuple[Ca
     return result, trace
 
 
-async def events(pipeline: Pipeline, request: ChatCompletionRequest, writer: ChunkWriter, keepalive_s: float,
+async def events(pipeline: Pipeline, request: ChatCompletionRequest, writer: StreamWriter, keepalive_s: float,
                  progress: dict[str, Any]) -> AsyncIterator[bytes]:
     """Keep-alives while the candidates run, then the answer's chunks (the aggregator's relayed live);
     `progress["trace"]` holds the trace once there is one."""
@@ -51,4 +51,5 @@ async def events(pipeline: Pipeline, request: ChatCompletionRequest, writer: Chu
             for data in writer.message(item):
                 yield data
         else:
-            yield writer.chunk(item, model=aggregator)
+            for data in writer.delta(item, aggregator):
+                yield data

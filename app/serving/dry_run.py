@@ -9,7 +9,7 @@ import numpy as np
 
 from app.pipeline.prepare import Pipeline
 from app.pipeline.trace import Trace, named_scores
-from app.protocol import ChatCompletionRequest, RouteRequest
+from app.protocol.chat import ChatCompletionRequest, RouteRequest
 
 
 async def dry_run(pipeline: Pipeline, request: RouteRequest) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The gateway's use cases behind the HTTP routes: the model catalogue, chat completions (JiSi or
-pass-through, plain or streamed) with their limits and metrics, and the dry run."""
+pass-through, plain or streamed) with their limits and metrics, the Responses API over them, and the dry run."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from app.observability.logs import current_access_fields
 from app.observability.metrics import Metrics
 from app.pipeline.prepare import VIRTUAL_MODELS, Pipeline
 from app.pipeline.trace import Trace
-from app.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, RouteRequest
+from app.protocol.chat import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, RouteRequest
+from app.protocol.responses import ResponseObject, ResponsesRequest
 from app.serving import chat, passthrough
 from app.serving.dry_run import dry_run
-from app.serving.render import DONE, ChunkWriter, completion, completion_id, jisi_headers, sse_error, total_usage
+from app.serving.render import ChunkWriter, StreamWriter, completion, completion_id, jisi_headers
+from app.serving.responses import ResponseWriter, in_responses_terms, response_id, response_object, to_chat
 from app.upstream.call import UpstreamError
 from app.upstream.pool import UpstreamPool
 
@@ -98,8 +100,10 @@ class Gateway:
         finally:
             self._observe(request.model, trace, status, started)
 
-    async def chat_stream(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[bytes]:
-        """SSE: keep-alives while the candidates run, then the answer, a summary chunk and [DONE].
+    async def chat_stream(self, request: ChatCompletionRequest, request_id: str,
+                          writer: StreamWriter | None = None) -> AsyncIterator[bytes]:
+        """SSE: keep-alives while the candidates run, then the answer and its summary, framed by `writer`
+        (chat.completion.chunk events ending with [DONE] unless another wire format's writer is given).
 
         Nothing is sent until the stream has its first event (an answer chunk, or a keep-alive once the
         candidates have run for keepalive_s), so a request that fails before that (a bad parameter, a cost
@@ -110,7 +114,7 @@ class Gateway:
         if request.model in VIRTUAL_MODELS:  # invalid input is a 400 before the stream starts, not an event in it
             self.pipeline.params_for(request)
             self.pipeline.query_text(request)
-        stream = self._stream(request, ChunkWriter(completion_id(request_id), request.model))
+        stream = self._stream(request, writer or ChunkWriter(completion_id(request_id), request.model))
         try:
             first = await anext(stream)  # raises the GatewayError of a request that failed before its first byte
         except BaseException:
@@ -118,7 +122,7 @@ class Gateway:
             raise
         return _prepend(first, stream)
 
-    async def _stream(self, request: ChatCompletionRequest, writer: ChunkWriter) -> AsyncIterator[bytes]:
+    async def _stream(self, request: ChatCompletionRequest, writer: StreamWriter) -> AsyncIterator[bytes]:
         started = time.perf_counter()
         progress: dict[str, Any] = {"trace": None}
         status = "error"
@@ -138,14 +142,16 @@ class Gateway:
                 error = GatewayError(ErrorKind.INTERNAL, "internal error in the gateway")
             if not sent:
                 raise error from None
-            yield sse_error(error)
+            for data in writer.error(error):
+                yield data
         finally:
             self._observe(request.model, progress["trace"], status, started)
-        yield DONE
+        for data in writer.end():
+            yield data
 
-    async def _events(self, request: ChatCompletionRequest, writer: ChunkWriter,
+    async def _events(self, request: ChatCompletionRequest, writer: StreamWriter,
                       progress: dict[str, Any]) -> AsyncIterator[bytes]:
-        """The stream's events before [DONE]; `progress["trace"]` is the trace once there is one."""
+        """The stream's events before its end; `progress["trace"]` is the trace once there is one."""
         if request.model in VIRTUAL_MODELS:
             async for data in chat.events(self.pipeline, request, writer, self.keepalive_s, progress):
                 yield data
@@ -155,13 +161,20 @@ class Gateway:
                 yield data
         trace: Trace = progress["trace"]
         trace.finish()
-        finish_reason = trace.finish_reason or "stop"
-        if request.wants_usage_in_stream:  # OpenAI's shape: usage in a last chunk with no choices
-            yield writer.chunk(finish_reason=finish_reason, model=trace.answered_by)
-            yield writer.chunk(usage=total_usage(trace.calls), jisi=trace.summary(), model=trace.answered_by,
-                               empty=True)
-        else:
-            yield writer.chunk(finish_reason=finish_reason, jisi=trace.summary(), model=trace.answered_by)
+        for data in writer.finish(trace, request.wants_usage_in_stream):
+            yield data
+
+    # -- the Responses API: the same chat completions, in another wire format ------------------------------
+
+    async def responses(self, request: ResponsesRequest, request_id: str) -> tuple[ResponseObject, dict[str, str]]:
+        with in_responses_terms():
+            answer, headers = await self.chat(to_chat(request), request_id)
+        return response_object(request, answer, response_id(request_id)), headers
+
+    async def responses_stream(self, request: ResponsesRequest, request_id: str) -> AsyncIterator[bytes]:
+        with in_responses_terms():
+            return await self.chat_stream(to_chat(request), request_id,
+                                          ResponseWriter(request, response_id(request_id)))
 
     def _observe(self, model: str, trace: Trace | None, status: str, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -7,8 +7,8 @@ from typing import AsyncIterator
 
 from app.observability.metrics import Metrics
 from app.pipeline.trace import Trace
-from app.protocol import ChatCompletionRequest
-from app.serving.render import ChunkWriter
+from app.protocol.chat import ChatCompletionRequest
+from app.serving.render import StreamWriter
 from app.upstream.call import CallResult, StreamState, UpstreamError, chunk_deltas
 from app.upstream.pool import UpstreamPool
 
@@ -39,7 +39,7 @@ async def answer(pool: UpstreamPool, request: ChatCompletionRequest,
     return result, trace
 
 
-async def events(pool: UpstreamPool, request: ChatCompletionRequest, writer: ChunkWriter,
+async def events(pool: UpstreamPool, request: ChatCompletionRequest, writer: StreamWriter,
                  trace: Trace) -> AsyncIterator[bytes]:
     """The upstream's stream relayed chunk by chunk, then accounted for in `trace`."""
     model, body = request.model, request.upstream_body(request.model)
@@ -48,7 +48,8 @@ async def events(pool: UpstreamPool, request: ChatCompletionRequest, writer: Chu
     try:
         async for chunk in pool.stream(model, body, state, deadline=trace.deadline):
             for delta in chunk_deltas(chunk):
-                yield writer.chunk(delta, model=model)
+                for data in writer.delta(delta, model):
+                    yield data
     except UpstreamError:
         if state.chunks:  # part of the answer is out: account for it, then fail loudly
             trace.calls.append(pool.stream_result(model, body, state, "passthrough", time.perf_counter() - t))

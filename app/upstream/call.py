@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import ErrorKind, GatewayError
-from app.protocol import Usage
+from app.protocol.chat import Usage
 
 
 class UpstreamError(Exception):

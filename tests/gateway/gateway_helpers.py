@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import asynccontextmanager
+import socket
+import threading
+import time
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import httpx
 import respx
+import uvicorn
 
 from app.pipeline.aggregate import AGGREGATION_INSTRUCTIONS
 from app.http.app import create_app
@@ -281,3 +285,26 @@ def expected_cost(calls: list[dict[str, Any]], models: list[str], price=prices) 
 def summed_usage(calls: list[dict[str, Any]]) -> dict[str, int]:
     keys = ("prompt_tokens", "completion_tokens", "total_tokens")
     return {k: sum(c["usage"][k] for c in calls) for k in keys}
+
+
+@contextmanager
+def serve(app, log_level: str = "warning") -> Iterator[tuple[str, uvicorn.Server]]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a background thread."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start (see the log above)")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()

@@ -3,9 +3,9 @@
 1. schemathesis against the gateway's own OpenAPI schema (every operation: chat completions, models, the
    dry run, healthz / readyz / metrics), in-process over ASGI, positive and negative cases plus its
    coverage phase (boundary values, missing fields, wrong types, unexpected methods).
-2. hypothesis-generated chat bodies, valid and hostile, posted to the `jisi` virtual models and to a
-   pass-through model, non-streamed and streamed.
-3. raw bytes and wrong content types on both POST routes.
+2. hypothesis-generated chat and Responses API bodies, valid and hostile, posted to the `jisi` virtual models
+   and to a pass-through model, non-streamed and streamed.
+3. raw bytes and wrong content types on the POST routes.
 
 Every upstream is a respx-mocked FakeUpstreams (tests/gateway_helpers.py): nothing leaves the process. The
 embedder and bank are the real session fixtures (`minilm`, `mini_bank`), so valid bodies run the whole
@@ -136,6 +136,50 @@ def check_completion(body: Any) -> None:
     assert isinstance(body["model"], str) and body["model"]
 
 
+def parse_response_events(text: str) -> list[dict[str, Any]]:
+    """A Responses API stream: `event:` + `data:` pairs and comments, no [DONE]."""
+    events, name = [], None
+    for line in text.splitlines():
+        if line.startswith("event: "):
+            name = line[len("event: "):]
+        elif line.startswith("data: "):
+            data = json.loads(line[len("data: "):])
+            assert data["type"] == name, (name, data)
+            events.append(data)
+        else:
+            assert line == "" or line.startswith(":"), f"not an SSE line: {line!r}"
+    return events
+
+
+def check_response_stream(text: str, cut_short: bool = False) -> None:
+    events = parse_response_events(text)
+    assert [e["sequence_number"] for e in events] == list(range(len(events))), "sequence numbers"
+    assert "data: [DONE]" not in text.splitlines()  # parse_response_events would have failed on it anyway
+    if cut_short:
+        return
+    assert events, "an empty stream"
+    last = events[-1]
+    if last["type"] == "error":  # failed before the response started: an error event, never an internal one
+        assert last["message"] and last["code"] != "api_error", last
+        return
+    assert [e["type"] for e in events[:2]] == ["response.created", "response.in_progress"], events[:2]
+    assert last["type"] in ("response.completed", "response.incomplete", "response.failed"), last
+    if last["type"] == "response.failed":
+        assert last["response"]["error"]["message"], last
+    else:
+        check_response_object(last["response"])
+
+
+def check_response_object(body: Any) -> None:
+    assert isinstance(body, dict) and body.get("object") == "response" and body["id"].startswith("resp_"), body
+    assert body["status"] in ("completed", "incomplete"), body
+    assert body["output"] and all(item["type"] in ("message", "function_call") for item in body["output"]), body
+    usage = body["usage"]
+    assert all(isinstance(usage[k], int) and usage[k] >= 0 for k in ("input_tokens", "output_tokens",
+                                                                    "total_tokens")), usage
+    assert isinstance(body["model"], str) and body["model"]
+
+
 def check_response(status: int, headers: Any, content: bytes, path: str, cut_short: bool = False) -> None:
     """The house rule, for any response of any route."""
     where = f"{status} from {path}"
@@ -151,6 +195,11 @@ def check_response(status: int, headers: Any, content: bytes, path: str, cut_sho
             check_stream(content.decode("utf-8"), cut_short)
         else:
             check_completion(json.loads(content))
+    elif path == "/v1/responses":
+        if content_type.startswith("text/event-stream"):
+            check_response_stream(content.decode("utf-8"), cut_short)
+        else:
+            check_response_object(json.loads(content))
     elif content_type.startswith("application/json"):
         json.loads(content)
 
@@ -229,7 +278,8 @@ def test_openapi_documents_what_the_gateway_returns():
     assert content("/metrics", "get", "200") == {"text/plain"}
     assert "503" in OPENAPI["paths"]["/readyz"]["get"]["responses"]
     assert "401" in OPENAPI["paths"]["/v1/models"]["get"]["responses"]
-    for path in ("/v1/chat/completions", "/v1/jisi/route"):
+    assert content("/v1/responses", "post", "200") == {"application/json", "text/event-stream"}
+    for path in ("/v1/chat/completions", "/v1/responses", "/v1/jisi/route"):
         for status in ("400", "401", "413", "502", "503", "504"):
             assert content(path, "post", status) == {"application/json"}, (path, status)
         assert "422" not in OPENAPI["paths"][path]["post"]["responses"]  # invalid input is OpenAI's 400
@@ -250,9 +300,12 @@ def flatmap_case(context, case):
         if variant == 0:
             return case
         body = dict(case.body)
-        if "model" in body and context.operation.path == "/v1/chat/completions":
+        if "model" in body and context.operation.path in ("/v1/chat/completions", "/v1/responses"):
             body["model"] = model
-        if variant == 2 or context.operation.path == "/v1/jisi/route":
+        if context.operation.path == "/v1/responses":
+            body["input"] = question if variant == 2 or not isinstance(body.get("input"), list) else [
+                *body["input"], {"role": "user", "content": question}]
+        elif variant == 2 or context.operation.path == "/v1/jisi/route":
             body["messages"] = [*(body.get("messages") or []), {"role": "user", "content": question}]
         case.body = body  # schemathesis re-validates what was changed before sending
         return case
@@ -460,6 +513,89 @@ def test_hypothesis_chat_bodies(gateway_client, bank_models, passthrough_model, 
     run()
 
 
+# -- the Responses API: the same pipeline behind another wire format, fuzzed the same way
+input_part = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text"]), "text": text}),
+    st.fixed_dictionaries({"type": st.sampled_from(["input_image", "input_file", "input_audio", "refusal"])},
+                          optional={"image_url": text, "text": text, "file_id": text}),
+)
+input_item = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer"]),
+                           "content": st.one_of(text, st.lists(input_part, max_size=3))},
+                          optional={"type": st.just("message")}),
+    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": text, "name": text, "arguments": text}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": text,
+                           "output": st.one_of(text, st.lists(input_part, max_size=2))}),
+    st.fixed_dictionaries({"type": st.sampled_from(["reasoning", "item_reference", "web_search_call"])},
+                          optional={"id": text}),
+)
+responses_tool = st.one_of(
+    st.fixed_dictionaries({"type": st.just("function"), "name": text},
+                          optional={"parameters": st.dictionaries(text, garbage, max_size=3), "strict": st.booleans(),
+                                    "description": text}),
+    st.fixed_dictionaries({"type": st.sampled_from(["web_search", "file_search", "code_interpreter", "mcp"])}),
+)
+RESPONSES_OPTIONAL = {
+    "instructions": text, "temperature": st.floats(0, 2), "top_p": unit, "max_output_tokens": st.integers(1, 10**6),
+    "tools": st.lists(responses_tool, max_size=2),
+    "tool_choice": st.one_of(st.sampled_from(["auto", "none", "required"]), st.fixed_dictionaries(
+        {"type": st.sampled_from(["function", "web_search", "allowed_tools"]), "name": text})),
+    "text": st.fixed_dictionaries({"format": st.one_of(
+        st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object"])}),
+        st.fixed_dictionaries({"type": st.just("json_schema"), "name": text},
+                              optional={"schema": st.dictionaries(text, garbage, max_size=3), "strict": st.booleans()}),
+    )}),
+    "metadata": st.dictionaries(st.text(max_size=70), st.text(max_size=20), max_size=17),
+    "parallel_tool_calls": st.booleans(), "store": st.booleans(), "include": st.lists(st.sampled_from(
+        ["reasoning.encrypted_content", "file_search_call.results", "message.output_text.logprobs"]), max_size=2),
+    "truncation": st.sampled_from(["auto", "disabled"]), "reasoning": st.fixed_dictionaries(
+        {}, optional={"effort": st.sampled_from(["low", "high"]), "summary": st.sampled_from(["auto", None])}),
+    "previous_response_id": text, "background": st.booleans(), "user": text,
+    "jisi": OPTIONAL["jisi"], "x-unknown": garbage,
+}
+RESPONSES_PATHS = [(), ("model",), ("input",), ("input", 0), ("input", -1), ("input", 0, "type"),
+                   ("input", -1, "role"), ("input", -1, "content"), ("input", 0, "content", 0),
+                   ("input", 0, "content", 0, "type"), ("input", 0, "call_id"), ("instructions",), ("tools",),
+                   ("tools", 0), ("tools", 0, "type"), ("tools", 0, "name"), ("tool_choice",), ("text",),
+                   ("text", "format"), ("text", "format", "type"), ("metadata",), ("max_output_tokens",),
+                   ("stream",), ("store",), ("include",), ("jisi",), ("jisi", "k"), ("x-unknown",)]
+responses_edits = st.lists(st.tuples(st.sampled_from(RESPONSES_PATHS), st.one_of(hostile, st.just(DELETE))),
+                           max_size=3)
+
+
+def responses_bodies(models: list[str]) -> st.SearchStrategy[Any]:
+    question = st.sampled_from(QUESTIONS)
+    items = st.lists(input_item, max_size=3).flatmap(
+        lambda xs: question.map(lambda q: [*xs, {"role": "user", "content": q}]))
+    valid = st.fixed_dictionaries({"model": st.sampled_from(models), "input": st.one_of(question, items),
+                                   "stream": st.booleans()}, optional=RESPONSES_OPTIONAL)
+
+    def apply(body: dict, changes: list) -> Any:
+        for path, value in changes:
+            body = edit(body, path, value)
+        return body
+
+    return st.builds(apply, valid, responses_edits)
+
+
+@pytest.mark.parametrize("target", ["jisi", "passthrough"])
+def test_hypothesis_responses_bodies(gateway_client, passthrough_model, target):
+    models = ["jisi", "jisi-route", "jisi-aggregate"] if target == "jisi" else [passthrough_model]
+
+    @HYPOTHESIS
+    @given(body=responses_bodies(models))
+    def run(body: Any) -> None:
+        raw = encode(body)
+        note(f"sent: {raw[:3000]!r}")
+        status, headers, content = send(gateway_client, "/v1/responses", raw)
+        count(f"hypothesis-responses-{target}", status)
+        check_response(status, headers, content, "/v1/responses")
+        if status == 200 and wants_stream(body):
+            assert header(headers, "content-type").startswith("text/event-stream")
+
+    run()
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. raw bytes and wrong content types
 # ------------------------------------------------------------------------------------------------
@@ -481,7 +617,7 @@ raw_bodies = st.one_of(
 
 @HYPOTHESIS
 @given(content=raw_bodies, content_type=st.sampled_from(CONTENT_TYPES),
-       path=st.sampled_from(["/v1/chat/completions", "/v1/jisi/route"]),
+       path=st.sampled_from(["/v1/chat/completions", "/v1/responses", "/v1/jisi/route"]),
        request_id=st.one_of(st.none(), st.binary(max_size=200), st.just(b"x" * 1000)))
 def test_raw_bodies_and_content_types(gateway_client, content, content_type, path, request_id):
     note(f"sent: {content[:3000]!r} as {content_type!r}, x-request-id {request_id!r}")

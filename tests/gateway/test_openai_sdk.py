@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.http.app import create_app
-from gateway_helpers import is_aggregation, make_settings
+from gateway_helpers import is_aggregation, make_settings, serve
 
 QUESTION = "Tom reads 20 pages a day. How many pages does he read in a week?"
 SLOW_MARK = "[please take your time]"
@@ -84,29 +79,6 @@ def fake_upstream_app(models: list[str], calls: list[dict[str, Any]]) -> FastAPI
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return app
-
-
-@contextmanager
-def serve(app, log_level: str = "warning") -> Iterator[tuple[str, uvicorn.Server]]:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a background thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start (see the log above)")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from app.pipeline.aggregate import Aggregation, choose_aggregator
 from app.pipeline.fanout import response_text
 from app.pipeline.trace import Trace
-from app.protocol import Usage
+from app.protocol.chat import Usage
 from app.upstream.call import CallResult, StreamState, UpstreamError
 
 pytestmark = pytest.mark.anyio
