@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -66,6 +67,11 @@ def request_id(request: Request) -> str:
     return current_request_id.get() or uuid.uuid4().hex
 
 
+def event_stream(stream: AsyncIterator[bytes], rid: str) -> StreamingResponse:
+    return StreamingResponse(stream, media_type="text/event-stream",
+                             headers={"x-request-id": rid, "cache-control": "no-cache"})
+
+
 async def authorize(request: Request) -> None:
     """Bearer keys from settings; none configured means no auth. Compared in constant time.
 
@@ -91,9 +97,7 @@ async def authorize(request: Request) -> None:
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     rid = request_id(request)
     if body.stream:
-        stream = await gateway(request).chat_stream(body, rid)
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 headers={"x-request-id": rid, "cache-control": "no-cache"})
+        return event_stream(await gateway(request).chat_stream(body, rid), rid)
     result, headers = await gateway(request).chat(body, rid)
     return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
 
@@ -104,9 +108,7 @@ async def responses(body: ResponsesRequest, request: Request) -> Response:
     """OpenAI's Responses API, stateless: the same pipeline as chat completions, in the other wire format."""
     rid = request_id(request)
     if body.stream:
-        stream = await gateway(request).responses_stream(body, rid)
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 headers={"x-request-id": rid, "cache-control": "no-cache"})
+        return event_stream(await gateway(request).responses_stream(body, rid), rid)
     result, headers = await gateway(request).responses(body, rid)
     return JSONResponse(result.model_dump(mode="json"), headers=headers)
 

@@ -446,13 +446,14 @@ def chat_bodies(models: list[str]) -> st.SearchStrategy[Any]:
          "messages": st.lists(message, max_size=3).flatmap(lambda ms: routable.map(lambda m: [*ms, m])),
          "stream": st.booleans()},
         optional=OPTIONAL)
+    return st.builds(edited, valid, edits)
 
-    def apply(body: dict, changes: list) -> Any:
-        for path, value in changes:
-            body = edit(body, path, value)
-        return body
 
-    return st.builds(apply, valid, edits)
+def edited(body: dict, changes: list) -> Any:
+    """`body` with each (path, value) change applied in turn."""
+    for path, value in changes:
+        body = edit(body, path, value)
+    return body
 
 
 def encode(body: Any) -> bytes:
@@ -489,28 +490,6 @@ def send(gateway_client, path: str, content: bytes, content_type: str | None = "
     if content_type is not None:
         headers["content-type"] = content_type
     return portal.call(_send, client, path, content, headers)
-
-
-@pytest.mark.parametrize("target", ["jisi", "passthrough"])
-def test_hypothesis_chat_bodies(gateway_client, bank_models, passthrough_model, target):
-    models = ["jisi", "jisi-route", "jisi-aggregate"] if target == "jisi" else [passthrough_model]
-
-    @HYPOTHESIS
-    @given(body=chat_bodies(models))
-    def run(body: Any) -> None:
-        raw = encode(body)
-        note(f"sent: {raw[:3000]!r}")
-        status, headers, content = send(gateway_client, "/v1/chat/completions", raw)
-        count(f"hypothesis-chat-{target}", status)
-        check_response(status, headers, content, "/v1/chat/completions")
-        if status == 200 and wants_stream(body):
-            assert header(headers, "content-type").startswith("text/event-stream")
-        if target == "jisi":  # the same body as a dry run: it takes the same messages and overrides
-            status, headers, content = send(gateway_client, "/v1/jisi/route", raw)
-            count("hypothesis-route", status)
-            check_response(status, headers, content, "/v1/jisi/route")
-
-    run()
 
 
 # -- the Responses API: the same pipeline behind another wire format, fuzzed the same way
@@ -569,29 +548,32 @@ def responses_bodies(models: list[str]) -> st.SearchStrategy[Any]:
         lambda xs: question.map(lambda q: [*xs, {"role": "user", "content": q}]))
     valid = st.fixed_dictionaries({"model": st.sampled_from(models), "input": st.one_of(question, items),
                                    "stream": st.booleans()}, optional=RESPONSES_OPTIONAL)
-
-    def apply(body: dict, changes: list) -> Any:
-        for path, value in changes:
-            body = edit(body, path, value)
-        return body
-
-    return st.builds(apply, valid, responses_edits)
+    return st.builds(edited, valid, responses_edits)
 
 
+API_BODIES = {"chat": ("/v1/chat/completions", chat_bodies), "responses": ("/v1/responses", responses_bodies)}
+
+
+@pytest.mark.parametrize("api", list(API_BODIES))
 @pytest.mark.parametrize("target", ["jisi", "passthrough"])
-def test_hypothesis_responses_bodies(gateway_client, passthrough_model, target):
+def test_hypothesis_bodies(gateway_client, passthrough_model, api, target):
     models = ["jisi", "jisi-route", "jisi-aggregate"] if target == "jisi" else [passthrough_model]
+    path, bodies = API_BODIES[api]
 
     @HYPOTHESIS
-    @given(body=responses_bodies(models))
+    @given(body=bodies(models))
     def run(body: Any) -> None:
         raw = encode(body)
         note(f"sent: {raw[:3000]!r}")
-        status, headers, content = send(gateway_client, "/v1/responses", raw)
-        count(f"hypothesis-responses-{target}", status)
-        check_response(status, headers, content, "/v1/responses")
+        status, headers, content = send(gateway_client, path, raw)
+        count(f"hypothesis-{api}-{target}", status)
+        check_response(status, headers, content, path)
         if status == 200 and wants_stream(body):
             assert header(headers, "content-type").startswith("text/event-stream")
+        if api == "chat" and target == "jisi":  # the same body as a dry run: the same messages and overrides
+            status, headers, content = send(gateway_client, "/v1/jisi/route", raw)
+            count("hypothesis-route", status)
+            check_response(status, headers, content, "/v1/jisi/route")
 
     run()
 

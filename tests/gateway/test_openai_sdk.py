@@ -4,110 +4,15 @@ upstreams are a tiny real OpenAI-compatible server on loopback too (its streams 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.http.app import create_app
-from gateway_helpers import is_aggregation, make_settings, serve
-
-QUESTION = "Tom reads 20 pages a day. How many pages does he read in a week?"
-SLOW_MARK = "[please take your time]"
-SLOW_MODEL = "Qwen2-7B-Instruct"  # pass-through to it times out (its upstream timeout is 0.3 s)
-BROKEN_MODEL = "claude-3-haiku-20240307"  # its streams break after two chunks
-
-
-def answer(model: str) -> str:
-    return f"Upstream {model} says: he reads 140 pages in a week."
-
-
-def aggregate_answer(model: str) -> str:
-    return f"Aggregator {model} concludes: 140 pages."
-
-
-def pieces(text: str) -> list[str]:
-    words = text.split(" ")
-    return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
-
-
-def fake_upstream_app(models: list[str], calls: list[dict[str, Any]]) -> FastAPI:
-    """A minimal OpenAI-compatible server for every bank model at /m<i>/v1/chat/completions."""
-    app = FastAPI()
-
-    @app.post("/m{i}/v1/chat/completions")
-    async def chat(i: int, request: Request):
-        body = await request.json()
-        model = body["model"]
-        assert model == models[i], (model, i)  # the gateway used this model's own base_url
-        aggregation = is_aggregation(body)
-        calls.append({"model": model, "aggregation": aggregation, "stream": bool(body.get("stream")), "body": body})
-        user_text = " ".join(m.get("content") or "" for m in body["messages"] if m["role"] == "user")
-        if SLOW_MARK in user_text:
-            await asyncio.sleep(0.4)
-        if model == SLOW_MODEL and not aggregation:
-            await asyncio.sleep(1.0)
-        text = aggregate_answer(model) if aggregation else answer(model)
-        if not body.get("stream"):
-            prompt, completion = 40 + i, 10 + i
-            return JSONResponse({
-                "id": f"up-{i}", "object": "chat.completion", "created": 1, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                          "total_tokens": prompt + completion},
-            })
-
-        async def events():
-            def chunk(delta, finish=None):
-                data = {"id": f"up-{i}", "object": "chat.completion.chunk", "created": 1, "model": model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-                return f"data: {json.dumps(data)}\n\n"
-
-            yield chunk({"role": "assistant", "content": ""})
-            for n, piece in enumerate(pieces(text)):
-                if model == BROKEN_MODEL and n == 2:
-                    raise RuntimeError("fake upstream crashed mid-stream")
-                yield chunk({"content": piece})
-                await asyncio.sleep(0.001)
-            yield chunk({}, "stop")
-            yield "data: [DONE]\n\n"  # no usage, even though the gateway asks for it
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    return app
-
-
-@pytest.fixture(scope="module")
-def upstream_calls() -> list[dict[str, Any]]:
-    return []
-
-
-@pytest.fixture(scope="module")
-def gateway_url(mini_bank, bank_models, minilm, tmp_path_factory, upstream_calls):
-    with serve(fake_upstream_app(bank_models, upstream_calls), log_level="critical") as (upstream_url, _):
-        settings = make_settings(mini_bank, bank_models, tmp_path_factory.mktemp("sdk-cache"))
-        upstreams = []
-        for i, u in enumerate(settings.upstreams):
-            update = {"base_url": f"{upstream_url}/m{i}/v1"}
-            if u.name == SLOW_MODEL:
-                update["timeout_s"] = 0.3
-            upstreams.append(u.model_copy(update=update))
-        app = create_app(settings.model_copy(update={"upstreams": upstreams}), embedder=minilm)
-        with serve(app) as (url, _):
-            app.state.jisi.gateway.keepalive_s = 0.05
-            yield url
-
-
-@pytest.fixture
-def client(gateway_url, upstream_calls) -> openai.OpenAI:
-    upstream_calls.clear()
-    with openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="x", max_retries=0, timeout=30) as c:
-        yield c
-
+from sdk_upstream import (
+    BROKEN_MODEL, QUESTION, SLOW_MARK, SLOW_MODEL, aggregate_answer, answer, pieces,
+)
 
 def jisi_of(obj) -> dict[str, Any]:
     extra = obj.model_extra["jisi"]

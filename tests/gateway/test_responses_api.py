@@ -1,121 +1,22 @@
 """POST /v1/responses with the real `openai` package (sync, async, streamed; text and function calling)
 against the gateway served by uvicorn on loopback, whose upstreams are a small OpenAI-compatible chat
-completions server on loopback (the gateway keeps calling upstreams through chat completions)."""
+completions server on loopback (sdk_upstream.py; the gateway keeps calling upstreams through chat completions)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.http.app import create_app
-from gateway_helpers import is_aggregation, make_settings, serve
+from sdk_upstream import (
+    ARGUMENTS, BROKEN_MODEL, CUT, QUESTION, SLOW_MARK, aggregate_answer, answer, pieces, tool_answer,
+)
 
-QUESTION = "Tom reads 20 pages a day. How many pages does he read in a week?"
-CUT = "[stop early]"  # the upstream stops at its token limit (finish_reason "length")
-SLOW = "[please take your time]"
-BROKEN_MODEL = "claude-3-haiku-20240307"  # its streams break after two chunks
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "The weather in a city",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-ARGUMENTS = '{"city": "Paris"}'
-
-
-def answer(model: str) -> str:
-    return f"Upstream {model} says: he reads 140 pages in a week."
-
-
-def aggregate_answer(model: str) -> str:
-    return f"Aggregator {model} concludes: 140 pages."
-
-
-def tool_answer(model: str) -> str:
-    return f"{model}: it is sunny in Paris."
-
-
-def pieces(text: str) -> list[str]:
-    words = text.split(" ")
-    return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
-
-
-def upstream_app(models: list[str], calls: list[dict[str, Any]]) -> FastAPI:
-    """Chat completions for every bank model at /m<i>/v1: text, tool calls when given tools, a tool result's
-    summary when sent one, a cut answer on CUT."""
-    app = FastAPI()
-
-    @app.post("/m{i}/v1/chat/completions")
-    async def chat(i: int, request: Request):
-        body = await request.json()
-        model = body["model"]
-        aggregation = is_aggregation(body)
-        calls.append({"model": model, "aggregation": aggregation, "body": body})
-        user_text = " ".join(str(m.get("content") or "") for m in body["messages"] if m["role"] == "user")
-        if SLOW in user_text:
-            await asyncio.sleep(0.3)
-        tool_calls = None
-        finish = "length" if CUT in user_text else "stop"
-        if any(m["role"] == "tool" for m in body["messages"]):
-            text = tool_answer(model)
-        elif body.get("tools"):
-            text, finish = "", "tool_calls"
-            tool_calls = [{"id": f"call_{i}", "type": "function",
-                           "function": {"name": body["tools"][0]["function"]["name"], "arguments": ARGUMENTS}}]
-        else:
-            text = aggregate_answer(model) if aggregation else answer(model)
-        if not body.get("stream"):
-            message = {"role": "assistant", "content": text or None,
-                       **({"tool_calls": tool_calls} if tool_calls else {})}
-            return JSONResponse({"id": f"up-{i}", "object": "chat.completion", "created": 1, "model": model,
-                                 "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                                 "usage": {"prompt_tokens": 40 + i, "completion_tokens": 10 + i,
-                                           "total_tokens": 50 + 2 * i}})
-
-        async def events():
-            def chunk(delta, finish_reason=None):
-                data = {"id": f"up-{i}", "object": "chat.completion.chunk", "created": 1, "model": model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
-                return f"data: {json.dumps(data)}\n\n"
-
-            yield chunk({"role": "assistant", "content": ""})
-            for n, piece in enumerate(pieces(text) if text else []):
-                if model == BROKEN_MODEL and n == 2:
-                    raise RuntimeError("fake upstream crashed mid-stream")
-                yield chunk({"content": piece})
-            yield chunk({}, finish)
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    return app
-
-
-@pytest.fixture(scope="module")
-def upstream_calls() -> list[dict[str, Any]]:
-    return []
-
-
-@pytest.fixture(scope="module")
-def gateway_url(mini_bank, bank_models, minilm, tmp_path_factory, upstream_calls):
-    with serve(upstream_app(bank_models, upstream_calls), log_level="critical") as (upstream_url, _):
-        settings = make_settings(mini_bank, bank_models, tmp_path_factory.mktemp("responses-cache"))
-        upstreams = [u.model_copy(update={"base_url": f"{upstream_url}/m{i}/v1"})
-                     for i, u in enumerate(settings.upstreams)]
-        app = create_app(settings.model_copy(update={"upstreams": upstreams}), embedder=minilm)
-        with serve(app) as (url, _):
-            app.state.jisi.gateway.keepalive_s = 0.05
-            yield url
-
-
-@pytest.fixture
-def client(gateway_url, upstream_calls) -> openai.OpenAI:
-    upstream_calls.clear()
-    with openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="x", max_retries=0, timeout=30) as c:
-        yield c
 
 
 def jisi_of(response) -> dict[str, Any]:
@@ -315,7 +216,7 @@ def test_stream_errors_before_the_first_event_are_http_errors(client):
 
 def test_stream_keepalives_over_http_and_no_done(gateway_url):
     with httpx.stream("POST", f"{gateway_url}/v1/responses", timeout=30,
-                      json={"model": "jisi-route", "stream": True, "input": f"{QUESTION} {SLOW}"}) as response:
+                      json={"model": "jisi-route", "stream": True, "input": f"{QUESTION} {SLOW_MARK}"}) as response:
         lines = [line for line in response.iter_lines() if line]
     first = next(i for i, line in enumerate(lines) if line.startswith("event:"))
     assert ": keep-alive" in lines[:first] and lines[first] == "event: response.created"
@@ -331,7 +232,7 @@ def test_async_create_and_stream(gateway_url, bank_models):
     async def main():
         async with openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="x", max_retries=0, timeout=30) as c:
             route, passthrough = await asyncio.gather(c.responses.create(model="jisi-route", input=QUESTION),
-                                                      c.responses.create(model=bank_models[2], input=QUESTION))
+                                                      c.responses.create(model=bank_models[3], input=QUESTION))
             async with c.responses.stream(model="jisi", input=QUESTION) as stream:
                 events = [e async for e in stream]
                 final = await stream.get_final_response()
@@ -340,6 +241,6 @@ def test_async_create_and_stream(gateway_url, bank_models):
         return route, passthrough, events, final
 
     route, passthrough, events, final = asyncio.run(main())
-    assert route.output_text == answer(route.model) and passthrough.model == bank_models[2]
+    assert route.output_text == answer(route.model) and passthrough.model == bank_models[3]
     assert events[-1].type == "response.completed" and final.output_text
     assert jisi_of(final)["answered_by"] == final.model
