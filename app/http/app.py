@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import httpx
 import numpy as np
@@ -39,14 +39,16 @@ class ConfigError(RuntimeError):
     """The settings do not fit together; the message lists every problem at once."""
 
 
-def validate(settings: Settings, bank: Bank) -> None:
+def validate(settings: Settings, models: Sequence[str]) -> None:
+    """The settings against the bank's models and the environment, every problem at once (one on one line).
+    Needs only the manifest's model list, so `jisi-gateway` runs it before the slow parts load."""
     problems = []
     configured = {u.name for u in settings.upstreams}
-    unknown = sorted(configured - set(bank.models))
+    unknown = sorted(configured - set(models))
     if unknown:
         problems.append(f"upstream(s) not in the bank at {settings.bank_path}: {', '.join(unknown)} "
-                        f"(the bank knows: {', '.join(bank.models)})")
-    unserved = [m for m in bank.models if m not in configured]
+                        f"(the bank knows: {', '.join(models)})")
+    unserved = [m for m in models if m not in configured]
     if unserved and not settings.allow_unserved_models:
         problems.append(f"bank model(s) with no upstream: {', '.join(unserved)} (configure them, or set "
                         "allow_unserved_models: true to leave them out of routing)")
@@ -60,6 +62,8 @@ def validate(settings: Settings, bank: Bank) -> None:
     baseline = settings.inspector.baseline_model
     if baseline is not None and baseline not in configured:
         problems.append(f"inspector.baseline_model {baseline!r} is not a configured upstream")
+    if len(problems) == 1:
+        raise ConfigError(f"invalid gateway configuration: {problems[0]}")
     if problems:
         raise ConfigError("invalid gateway configuration:\n  - " + "\n  - ".join(problems))
 
@@ -127,7 +131,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
                                                 if settings.response_embedder is not None else model)
         bank = Bank.load(settings.bank_path, query_embedder=EmbedderInfo.of(model),
                          response_embedder=EmbedderInfo.of(responses_model), index_settings=settings.bank_index)
-        validate(settings, bank)
+        validate(settings, bank.models)
         async_embedder = request_path_embedder(model, settings.embedding_batching)
         # one micro-batcher per model: the responses' own when they have another embedder
         async_responses = async_embedder if responses_model is model else \
@@ -199,9 +203,10 @@ def run(argv: list[str] | None = None) -> None:
         settings = Settings()
     except Exception as exc:  # pydantic's message names every bad field
         sys.exit(f"jisi-gateway: invalid settings: {exc}")
-    try:
+    try:  # what can be checked before the embedding model and the bank load: one line and exit 1
         preflight(settings)
-    except BankError as exc:
+        validate(settings, read_manifest(settings.bank_path).models)
+    except (BankError, ConfigError) as exc:
         sys.exit(f"jisi-gateway: {exc}")
     # log_config=None keeps our handler; our middleware writes the access log (with the request id)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,

@@ -325,7 +325,7 @@ def test_validate_lists_every_problem_at_once(mini_bank, bank_models, tmp_path, 
                                       "auth": AuthSettings(api_keys_env="JISI_TEST_MISSING_GATEWAY_KEYS")})
     bank = Bank.load(mini_bank)
     with pytest.raises(ConfigError) as raised:
-        validate(bad, bank)
+        validate(bad, bank.models)
     message = str(raised.value)
     assert "upstream(s) not in the bank" in message and "ghost-model" in message
     assert "bank model(s) with no upstream" in message and bank_models[6] in message
@@ -334,17 +334,17 @@ def test_validate_lists_every_problem_at_once(mini_bank, bank_models, tmp_path, 
     assert message.count("\n  - ") == 4
 
     # each problem alone is enough
-    validate(settings, bank)
+    validate(settings, bank.models)
     for upstreams_alone in ([*settings.upstreams, UpstreamSettings(name="ghost-model", base_url="http://g/v1")],
                             settings.upstreams[1:]):
         with pytest.raises(ConfigError):
-            validate(settings.model_copy(update={"upstreams": upstreams_alone}), bank)
+            validate(settings.model_copy(update={"upstreams": upstreams_alone}), bank.models)
     with pytest.raises(ConfigError, match="no upstreams configured"):
-        validate(settings.model_copy(update={"upstreams": [], "allow_unserved_models": True}), bank)
+        validate(settings.model_copy(update={"upstreams": [], "allow_unserved_models": True}), bank.models)
     monkeypatch.setenv("JISI_TEST_MISSING_GATEWAY_KEYS", " , ,")  # set, but holds no key: would mean no auth
     with pytest.raises(ConfigError, match="JISI_TEST_MISSING_GATEWAY_KEYS"):
         validate(settings.model_copy(update={"auth": AuthSettings(api_keys_env="JISI_TEST_MISSING_GATEWAY_KEYS")}),
-                 bank)
+                 bank.models)
 
 
 async def test_app_refuses_to_start_with_an_invalid_configuration(mini_bank, bank_models, tmp_path, minilm):
@@ -404,3 +404,33 @@ async def test_request_limits_are_clear_400s(mini_bank, bank_models, tmp_path, f
     error = assert_openai_error(too_long, 400, "invalid_request_error", "too_many_tokens")
     assert error["param"] == "max_completion_tokens"
     assert within.status_code == 200 and not fake.calls[1:]  # refused requests never reached an upstream
+
+
+def test_jisi_gateway_fails_in_one_line_before_anything_slow_loads(mini_bank, bank_models, tmp_path, monkeypatch):
+    """A missing bank, a missing key variable: one line and a non-zero exit, before the embedding model loads."""
+    from app.http import app as app_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the embedding model was loaded before the configuration was checked")
+
+    monkeypatch.setattr(app_module, "make_embedder", no_model)
+    monkeypatch.delenv("JISI_TEST_MISSING_UPSTREAM_KEY", raising=False)
+    upstreams = [{"name": m, "base_url": f"http://up{i}.test/v1"} for i, m in enumerate(bank_models)]
+    missing = tmp_path / "no-bank"
+    cases = {
+        "missing bank": ({"bank_path": str(missing), "upstreams": upstreams},
+                         f"jisi-gateway: no bank at {missing}: manifest.json not found"),
+        "missing key": ({"bank_path": str(mini_bank), "embedder": {"backend": "local"},
+                         "upstreams": [{**upstreams[0], "api_key_env": "JISI_TEST_MISSING_UPSTREAM_KEY"},
+                                       *upstreams[1:]]},
+                        f"jisi-gateway: invalid gateway configuration: upstream {bank_models[0]}: environment variable "
+                        "JISI_TEST_MISSING_UPSTREAM_KEY (its API key) is not set"),
+    }
+    for name, (config, expected) in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        monkeypatch.setenv("JISI_CONFIG", str(path))
+        with pytest.raises(SystemExit) as exited:
+            app_module.run(["--log-format", "text"])
+        message = str(exited.value)
+        assert message.startswith(expected) and "\n" not in message, (name, message)

@@ -57,4 +57,4 @@ def test_a_missing_key_variable_names_the_variable_not_a_value(mini_bank, bank_m
     settings = make_settings(mini_bank, bank_models, tmp_path / "cache")
     settings.upstreams[0].api_key_env = "JISI_TEST_UPSTREAM_KEY"
     with pytest.raises(ConfigError, match="JISI_TEST_UPSTREAM_KEY"):
-        validate(settings, Bank.load(mini_bank))
+        validate(settings, Bank.load(mini_bank).models)
