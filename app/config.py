@@ -186,6 +186,15 @@ class InspectorSettings(BaseModel):
     baseline_model: str | None = None
 
 
+class DrainSettings(BaseModel):
+    """SIGTERM: /readyz turns 503 at once, the listener closes `grace_s` later (for load balancers to notice:
+    Kubernetes' endpoints take a few seconds), requests in flight, streams included, have until `deadline_s` after
+    that; a second SIGTERM exits at once."""
+
+    grace_s: float = Field(5.0, ge=0)
+    deadline_s: float = Field(30.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JISI_", env_nested_delimiter="__", extra="forbid")
 
@@ -207,6 +216,7 @@ class Settings(BaseSettings):
     max_requested_tokens: int = Field(65_536, ge=1)  # max_tokens / max_completion_tokens a request may ask for
     resilience: ResilienceSettings = ResilienceSettings()  # retries, timeouts, breakers, quorum, deadline
     inspector: InspectorSettings = InspectorSettings()  # the routing inspector page (off by default)
+    drain: DrainSettings = DrainSettings()  # graceful stop on SIGTERM
 
     @field_validator("upstreams")
     @classmethod

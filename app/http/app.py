@@ -23,6 +23,7 @@ from app.embedding.batcher import request_path_embedder
 from app.http.errors import install_error_handlers
 from app.http.middleware import BodySizeLimit, RequestContext
 from app.http.routes import AppState, openapi_without_422, router
+from app.http.server import DrainingServer
 from app.http.inspector import install_inspector
 from app.observability.logs import configure_logging
 from app.observability.loop_lag import LoopLagProbe
@@ -208,9 +209,11 @@ def run(argv: list[str] | None = None) -> None:
         validate(settings, read_manifest(settings.bank_path).models)
     except (BankError, ConfigError) as exc:
         sys.exit(f"jisi-gateway: {exc}")
+    app = create_app(settings)
     # log_config=None keeps our handler; our middleware writes the access log (with the request id)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
-                log_config=None, access_log=False)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None,
+                            access_log=False)
+    DrainingServer(config, app.state.jisi, settings.drain).run()
 
 
 def app_from_env() -> FastAPI:

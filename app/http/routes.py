@@ -31,6 +31,7 @@ class AppState:
     metrics: Metrics
     api_keys: list[bytes] = field(default_factory=list)  # none: no auth
     gateway: Gateway | None = None  # None until the bank, the embedder and the upstreams are loaded
+    draining: bool = False  # SIGTERM received (app/http/server.py): out of rotation, finishing what is in flight
 
 
 def state(request: Request) -> AppState:
@@ -129,18 +130,20 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "still loading: {\"status\": \"loading\"}",
+@router.get("/readyz", responses={503: {"description": "still loading, or draining before a stop: "
+                                                      "{\"status\": \"loading\" | \"draining\"}",
                                        "content": {"application/json": {"schema": {"type": "object"}}}}})
 async def readyz(request: Request) -> JSONResponse:
     loaded = state(request).gateway
-    body: dict = {"status": "ready" if loaded else "loading"}
+    draining = state(request).draining
+    body: dict = {"status": "draining" if draining else "ready" if loaded else "loading"}
     if loaded is not None:
         manifest = loaded.pipeline.bank.manifest
         body |= {"bank": {"build_id": manifest.build_id, "queries": manifest.n_queries,
                           "models": len(manifest.models)},
                  "embedder": loaded.pipeline.embedder.name,
                  "response_embedder": loaded.pipeline.response_embedder.name}
-    return JSONResponse(body, status_code=200 if loaded else 503)
+    return JSONResponse(body, status_code=200 if loaded and not draining else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
