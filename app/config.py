@@ -175,6 +175,15 @@ class AuthSettings(BaseModel):
             else []
 
 
+class AdminSettings(BaseModel):
+    # NAME of a variable holding the admin bearer key(s), comma-separated; unset: the admin endpoints
+    # (POST /admin/reload) answer 404. Kept apart from auth.api_keys_env: a client key cannot reload the bank.
+    api_key_env: str | None = None
+
+    def keys(self) -> list[bytes]:
+        return AuthSettings(api_keys_env=self.api_key_env).keys()
+
+
 class InspectorSettings(BaseModel):
     """The routing inspector: a page at /inspector/ (app/http/inspector.py) that asks the public endpoints and draws
     their answers. Off unless enabled (it exposes the bank's questions); `jisi-pool demo` turns it on."""
@@ -207,6 +216,7 @@ class Settings(BaseSettings):
     jisi: JiSiSettings = JiSiSettings()  # type: ignore[valid-type]
     upstreams: list[UpstreamSettings] = []
     auth: AuthSettings = AuthSettings()
+    admin: AdminSettings = AdminSettings()  # POST /admin/reload (bank hot-swap); off unless a key is configured
     # embed the system prompt together with the last user message (default: last user message only)
     embed_system_prompt: bool = False
     # bank models without an upstream are an error unless this is set (then they are never routed to)

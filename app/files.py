@@ -16,6 +16,9 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write via a temporary file in the same folder (".<name>.*.tmp"), synced, then renamed over `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # mkstemp makes the file 0600: a bank written so was unreadable by a container's own user (issue 23). The
+    # files written here are shared data (banks, caches, records), readable by all, as open() would make them.
+    os.fchmod(fd, 0o644)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.observability.logs import current_access_fields, current_request_id
+from app.observability.tracing import Tracing
 
 access_log = logging.getLogger("jisi.access")
 
@@ -31,9 +32,11 @@ class RequestContext:
     One line per request, not one per layer: handlers add their summary (model, mode, cost, ...) to it
     through `current_access_fields`, which halves what logging costs a request."""
 
-    def __init__(self, app: ASGIApp, observe: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, app: ASGIApp, observe: Callable[[str, int], None] | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.app = app
         self.observe = observe  # (path, status) of every response, for metrics
+        self.tracing = tracing  # a server span per request, when tracing is on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,6 +48,10 @@ class RequestContext:
         fields_token = current_access_fields.set(fields)
         started = time.perf_counter()
         status = 500  # what the client sees if the app dies before answering
+        span = None
+        if self.tracing is not None and self.tracing.enabled:
+            span, span_token = self.tracing.start_request(scope["method"], scope["path"], scope.get("headers", []),
+                                                          request_id)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -62,6 +69,8 @@ class RequestContext:
                 "duration_ms": round(1000 * (time.perf_counter() - started), 2)})
             if self.observe is not None:
                 self.observe(scope["path"], status)
+            if span is not None:
+                Tracing.end_request(span, span_token, status)
             current_access_fields.reset(fields_token)
             current_request_id.reset(token)
 

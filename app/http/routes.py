@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from app.errors import ErrorKind, GatewayError
+from app.http.reload import Reloader
 from app.observability.logs import current_request_id
 from app.observability.metrics import Metrics
 from app.protocol.common import ErrorResponse
@@ -32,6 +33,8 @@ class AppState:
     api_keys: list[bytes] = field(default_factory=list)  # none: no auth
     gateway: Gateway | None = None  # None until the bank, the embedder and the upstreams are loaded
     draining: bool = False  # SIGTERM received (app/http/server.py): out of rotation, finishing what is in flight
+    admin_keys: list[bytes] = field(default_factory=list)  # none: the admin endpoints answer 404
+    reloader: Reloader | None = None  # the bank's hot-swap (app/http/reload.py), once loaded
 
 
 def state(request: Request) -> AppState:
@@ -73,24 +76,37 @@ def event_stream(stream: AsyncIterator[bytes], rid: str) -> StreamingResponse:
                              headers={"x-request-id": rid, "cache-control": "no-cache"})
 
 
+def _bearer_matches(request: Request, keys: list[bytes]) -> bool:
+    """The request's bearer token is one of `keys`, compared with every key in constant time so the time taken
+    does not tell which (or whether any) matched."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    presented = token.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    return scheme.lower() == "bearer" and matched
+
+
 async def authorize(request: Request) -> None:
-    """Bearer keys from settings; none configured means no auth. Compared in constant time.
+    """Bearer keys from settings; none configured means no auth.
 
     async although it never awaits: FastAPI runs a plain `def` dependency on a worker thread, a thread hop
     on every request that cost ~9% of the event loop's time under pass-through load."""
     keys = state(request).api_keys
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    presented = token.strip().encode()
-    # compare with every key so the time taken does not tell which (or whether any) matched
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    if scheme.lower() != "bearer" or not matched:
+    if keys and not _bearer_matches(request, keys):
         raise GatewayError(ErrorKind.UNAUTHENTICATED, "invalid or missing API key (send Authorization: Bearer "
                            "<key>)", code="invalid_api_key")
+
+
+async def authorize_admin(request: Request) -> None:
+    """The admin key (settings: admin.api_key_env), never a client key; no admin key configured: no admin API."""
+    keys = state(request).admin_keys
+    if not keys:
+        raise GatewayError(ErrorKind.NOT_FOUND, "the admin endpoints are off: set admin.api_key_env to the name "
+                           "of a variable holding the admin key", code="admin_disabled")
+    if not _bearer_matches(request, keys):
+        raise GatewayError(ErrorKind.UNAUTHENTICATED, "invalid or missing admin key (send Authorization: Bearer "
+                           "<admin key>)", code="invalid_admin_key")
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**STREAM_200, **ERRORS},
@@ -123,6 +139,18 @@ async def list_models(request: Request) -> ModelList:
 @router.post("/v1/jisi/route", responses=ERRORS, dependencies=[Depends(authorize)])
 async def dry_run(body: RouteRequest, request: Request) -> dict:
     return await gateway(request).route(body)
+
+
+@router.post("/admin/reload", responses={code: ERRORS[code] for code in (400, 401, 404, 503)},
+             dependencies=[Depends(authorize_admin)])
+async def reload_bank(request: Request) -> dict:
+    """Load the bank at bank_path (and the settings that can change live) again and swap it in; requests in
+    flight finish on the bank they started with. A bank that fails validation is refused (400 reload_refused)
+    and the old one keeps serving. SIGHUP does the same."""
+    reloader = state(request).reloader
+    if reloader is None:
+        raise GatewayError(ErrorKind.UNAVAILABLE, "the gateway is still loading; retry shortly", code="loading")
+    return await reloader.reload("admin")
 
 
 @router.get("/healthz")

@@ -1,4 +1,5 @@
-"""uvicorn with a graceful drain, for rolling restarts behind a load balancer.
+"""Signals: SIGTERM drains (uvicorn with a graceful drain, for rolling restarts behind a load balancer), and
+SIGHUP reloads the bank.
 
 On the first SIGTERM (or SIGINT) the app reports draining at once (`/readyz` 503), keeps accepting for
 `grace_s` while load balancers take it out of rotation, then closes the listener; uvicorn lets the requests in
@@ -8,6 +9,7 @@ still sends are refused) and re-raises the signal when it is done, so the exit s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import time
@@ -16,6 +18,7 @@ from types import FrameType
 import uvicorn
 
 from app.config import DrainSettings
+from app.http.reload import Reloader
 from app.http.routes import AppState
 
 log = logging.getLogger("jisi.gateway")
@@ -47,3 +50,13 @@ class DrainingServer(uvicorn.Server):
         if self.drain_started is not None and time.monotonic() - self.drain_started >= self.grace_s:
             self.should_exit = True
         return await super().on_tick(counter)
+
+
+def on_sighup(reloader: Reloader) -> None:
+    """SIGHUP reloads the bank (app/http/reload.py), where signals can be received: the main thread of a
+    process whose loop supports them (not in tests that run the app on another thread)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reloader.on_signal()))
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError):
+        log.debug("SIGHUP is not available here: reload with POST /admin/reload")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -42,6 +42,15 @@ class Metrics:
         self.known_paths: set[str] = set()  # the app's routes; any other path counts as "other"
         self.loop_lag_seconds = Histogram("jisi_event_loop_lag_seconds", "How late the event loop woke a timer",
                                           buckets=LATENCY_BUCKETS, registry=r)
+
+        self.bank_info = Gauge("jisi_bank_info", "The bank serving requests (1 for its build id)", ["build_id"],
+                               registry=r)
+        self.reloads = Counter("jisi_bank_reloads", "Bank reloads by trigger and outcome (ok, refused)",
+                               ["trigger", "outcome"], registry=r)
+
+    def serving_bank(self, build_id: str) -> None:
+        self.bank_info.clear()
+        self.bank_info.labels(build_id).set(1)
 
     def observe_http(self, path: str, status: int) -> None:
         # unknown paths share one label, so a scanner probing random URLs cannot grow the series without bound

@@ -70,7 +70,8 @@ class Aggregation:
         state = StreamState()
         try:
             if stream:
-                async for chunk in pool.stream(self.aggregator, self.body, state, deadline=trace.deadline):
+                async for chunk in pool.stream(self.aggregator, self.body, state, deadline=trace.deadline,
+                                             role="aggregator"):
                     for delta in chunk_deltas(chunk):
                         yield delta
                 answer = pool.stream_result(self.aggregator, self.body, state, "aggregator",

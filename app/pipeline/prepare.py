@@ -176,7 +176,7 @@ class Pipeline:
 
     def _start(self, request: ChatCompletionRequest) -> _Request:
         mode: Mode = request.jisi.mode if request.jisi and request.jisi.mode else VIRTUAL_MODELS[request.model]
-        trace = Trace(requested_mode=mode, deadline=self.pool.deadline())
+        trace = Trace(requested_mode=mode, deadline=self.pool.deadline(), bank=self.bank.manifest.build_id)
         if mode != "route" and (request.tools or request.response_format):
             mode = "route"  # an aggregator must not rewrite a tool call or a structured answer
             trace.notes.append("tools or response_format: forced route mode")

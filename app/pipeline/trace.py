@@ -37,6 +37,8 @@ class Trace:
     deadline: float | None = None  # time.monotonic() by which the whole request must be answered
     shortcut: bool = False  # the coarse leader was called alone (params.shortcut)
     cascade: list[dict[str, Any]] = field(default_factory=list)  # the cascade's steps: model, lead, leader
+    bank: str | None = None  # the build id of the bank that answered (banks are swapped live: app/http/reload.py)
+    intervals: list[tuple[str, float, float]] = field(default_factory=list)  # (phase, start, end): the spans
 
     def remaining_s(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.monotonic()
@@ -44,6 +46,7 @@ class Trace:
     def phase(self, name: str, since: float) -> float:
         now = time.perf_counter()
         self.timings_ms[name] = self.timings_ms.get(name, 0.0) + 1000 * (now - since)
+        self.intervals.append((name, since, now))
         return now
 
     def answered_with(self, call: CallResult, mode: str = "route") -> None:
@@ -61,6 +64,7 @@ class Trace:
 
     def summary(self) -> dict[str, Any]:
         return {
+            **({"bank": self.bank} if self.bank else {}),
             "mode": self.mode, "requested_mode": self.requested_mode, "candidates": self.candidates,
             "answered": self.answered, "final": self.final, "aggregator": self.aggregator,
             "answered_by": self.answered_by, "shortcut": self.shortcut,

@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator
 from app.errors import ErrorKind, GatewayError, bad_request
 from app.observability.logs import current_access_fields
 from app.observability.metrics import Metrics
+from app.observability.tracing import Tracing
 from app.pipeline.prepare import VIRTUAL_MODELS, Pipeline
 from app.pipeline.trace import Trace
 from app.protocol.chat import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList, RouteRequest
@@ -34,8 +35,9 @@ VIRTUAL_DESCRIPTIONS = {
 
 class Gateway:
     def __init__(self, pipeline: Pipeline, pool: UpstreamPool, metrics: Metrics, keepalive_s: float = 2.0, *,
-                 max_messages: int = 512, max_requested_tokens: int = 65_536) -> None:
+                 max_messages: int = 512, max_requested_tokens: int = 65_536, tracing: Tracing | None = None) -> None:
         self.pipeline = pipeline
+        self.tracing = tracing or Tracing()  # off unless given
         self.pool = pool
         self.metrics = metrics
         self.keepalive_s = keepalive_s
@@ -188,6 +190,10 @@ class Gateway:
                  "upstream_errors": trace.errors} if trace else {})})
         if trace is None:
             return
+        self.tracing.phases(trace.intervals, {
+            "jisi.model": model, "jisi.mode": trace.mode, "jisi.bank": trace.bank, "jisi.answered_by": trace.answered_by,
+            "jisi.cost_usd": trace.cost_usd, "jisi.upstream_calls": len(trace.calls),
+            "jisi.degraded": bool(trace.degraded)})
         self.metrics.observe_calls(trace.calls)
         for error in trace.errors:
             self.metrics.observe_error(error)

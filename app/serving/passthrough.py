@@ -46,7 +46,7 @@ async def events(pool: UpstreamPool, request: ChatCompletionRequest, writer: Str
     state = StreamState()
     t = time.perf_counter()
     try:
-        async for chunk in pool.stream(model, body, state, deadline=trace.deadline):
+        async for chunk in pool.stream(model, body, state, deadline=trace.deadline, role="passthrough"):
             for delta in chunk_deltas(chunk):
                 for data in writer.delta(delta, model):
                     yield data

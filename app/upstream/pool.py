@@ -15,6 +15,7 @@ import httpx
 
 from app.config import ResilienceSettings, UpstreamSettings
 from app.upstream.call import CallResult, StreamState, UpstreamError, estimated_usage, reported_usage
+from app.upstream.hooks import AttemptSpan, AttemptTracer, NoTracer
 from app.upstream.pricing import upstream_cost_usd
 from app.upstream.resilience import (
     CircuitBreaker, ConcurrencyLimit, QueueFull, RetryPolicy, parse_retry_after, retryable_status,
@@ -32,8 +33,9 @@ class UpstreamPool:
     """The configured upstreams: one shared client, a concurrency limit, retries and a circuit breaker each."""
 
     def __init__(self, upstreams: list[UpstreamSettings], client: httpx.AsyncClient,
-                 resilience: ResilienceSettings | None = None) -> None:
+                 resilience: ResilienceSettings | None = None, tracer: AttemptTracer | None = None) -> None:
         self.client = client
+        self.tracer = tracer or NoTracer()  # a span per attempt (app/observability/tracing.py), when on
         self.upstreams = {u.name: u for u in upstreams}
         self.resilience = resilience or ResilienceSettings()
         self.retry = RetryPolicy(self.resilience)
@@ -70,9 +72,11 @@ class UpstreamPool:
         read = min(r.first_byte_timeout_s, budget) if streaming else budget
         return budget, httpx.Timeout(connect=connect, read=read, write=connect, pool=connect)
 
-    def _request(self, name: str, body: dict[str, Any]) -> tuple[UpstreamSettings, str, dict[str, str], dict[str, Any]]:
+    def _request(self, name: str, body: dict[str, Any],
+                 span: AttemptSpan) -> tuple[UpstreamSettings, str, dict[str, str], dict[str, Any]]:
         upstream = self.upstreams[name]
         headers = {"content-type": "application/json"}
+        span.inject(headers)
         if upstream.api_key_env:
             key = os.environ.get(upstream.api_key_env, "")
             if key:
@@ -125,21 +129,24 @@ class UpstreamPool:
         attempt, last = 0, None
         while True:
             self._admit(name, last)
+            span = self.tracer.attempt(name, role, attempt)
             try:
-                result = await self._complete_once(name, body, role, deadline, started)
-            except UpstreamError as exc:
+                result = await self._complete_once(name, body, role, deadline, started, span)
+            except BaseException as exc:
+                span.finish(error=exc)
+                if not isinstance(exc, UpstreamError):  # cancelled (e.g. a straggler after the quorum): no verdict
+                    self.breakers[name].release()
+                    raise
                 await asyncio.sleep(self._settle(exc, attempt, deadline))
                 attempt, last = attempt + 1, exc
                 continue
-            except BaseException:  # cancelled (e.g. a straggler after the quorum): no verdict on the upstream
-                self.breakers[name].release()
-                raise
+            span.finish(result)
             self.breakers[name].record_success()
             return result
 
     async def _complete_once(self, name: str, body: dict[str, Any], role: str, deadline: float,
-                             started: float) -> CallResult:
-        upstream, url, headers, body = self._request(name, body)
+                             started: float, span: AttemptSpan) -> CallResult:
+        upstream, url, headers, body = self._request(name, body, span)
         body.pop("stream", None)
         body.pop("stream_options", None)
         budget, timeouts = self._timeouts(upstream, deadline, streaming=False)
@@ -170,8 +177,8 @@ class UpstreamPool:
             cost_usd=upstream_cost_usd(upstream, usage.prompt_tokens, usage.completion_tokens),
         )
 
-    async def stream(self, name: str, body: dict[str, Any], state: StreamState,
-                     deadline: float | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, name: str, body: dict[str, Any], state: StreamState, deadline: float | None = None,
+                     role: str = "stream") -> AsyncIterator[dict[str, Any]]:
         """Yield the upstream's chunks (parsed JSON) and record content and usage into `state`.
 
         Retried only while nothing was received: once a chunk is out, the upstream may have half-executed
@@ -181,26 +188,29 @@ class UpstreamPool:
         attempt, relayed, last = 0, False, None
         while True:
             self._admit(name, last)
+            span = self.tracer.attempt(name, role, attempt)
             try:
-                async for chunk in self._stream_once(name, body, state, deadline):
+                async for chunk in self._stream_once(name, body, state, deadline, span):
                     relayed = True
                     yield chunk
-            except UpstreamError as exc:
+            except BaseException as exc:
+                span.finish(error=exc)
+                if not isinstance(exc, UpstreamError):
+                    self.breakers[name].release()
+                    raise
                 if relayed:
                     self.breakers[name].record_failure()
                     raise
                 await asyncio.sleep(self._settle(exc, attempt, deadline))
                 attempt, last = attempt + 1, exc
                 continue
-            except BaseException:
-                self.breakers[name].release()
-                raise
+            span.finish(self.stream_result(name, body, state, role, 0.0) if span.recording else None)
             self.breakers[name].record_success()
             return
 
     async def _stream_once(self, name: str, body: dict[str, Any], state: StreamState,
-                           deadline: float) -> AsyncIterator[dict[str, Any]]:
-        upstream, url, headers, body = self._request(name, body)
+                           deadline: float, span: AttemptSpan) -> AsyncIterator[dict[str, Any]]:
+        upstream, url, headers, body = self._request(name, body, span)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # servers that ignore it are counted instead
         budget, timeouts = self._timeouts(upstream, deadline, streaming=True)

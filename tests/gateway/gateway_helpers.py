@@ -81,6 +81,7 @@ class Call:
     aggregation: bool
     stream: bool
     authorization: str | None = None
+    traceparent: str | None = None  # W3C trace context the gateway passed on (tracing on)
 
     @property
     def user_messages(self) -> list[str]:
@@ -149,7 +150,7 @@ class FakeUpstreams:
         aggregation = is_aggregation(body)
         stream = bool(body.get("stream"))
         self.calls.append(Call(model, request.url.host, body, aggregation, stream,
-                               request.headers.get("authorization")))
+                               request.headers.get("authorization"), request.headers.get("traceparent")))
         b = (self.aggregator_behaviour if aggregation else self.behaviour).get(model) or Behaviour()
         if b.delay:
             await asyncio.sleep(b.delay)
@@ -211,12 +212,13 @@ def stream_pieces(text: str) -> list[str]:
 @asynccontextmanager
 async def running_gateway(settings: Settings, embedder, fake: FakeUpstreams | None = None, *,
                           keepalive_s: float | None = None, raise_app_exceptions: bool = True,
-                          ) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+                          **app_options: Any) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     """The app with its lifespan running, upstreams mocked by respx, and a client over ASGI.
 
-    raise_app_exceptions=False shows an unhandled exception as the 500 response a real client would get.
+    raise_app_exceptions=False shows an unhandled exception as the 500 response a real client would get;
+    `app_options` go to create_app (e.g. read_settings).
     """
-    app = create_app(settings, embedder=embedder)
+    app = create_app(settings, embedder=embedder, **app_options)
     # respx patches every httpx client (using="httpx", so it sees past the gateway's aiohttp transport):
     # the test's own client to the app over ASGI passes through
     with respx.mock(using="httpx", assert_all_mocked=True, assert_all_called=False) as router:

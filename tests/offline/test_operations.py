@@ -132,3 +132,58 @@ def test_a_restart_under_load_loses_no_accepted_request(demo_bank, mini_bench: P
     assert outcomes == [None] * 4, outcomes  # no accepted request was lost or cut
     assert tally["ok"] > 8 and tally["refused"] > 0, tally  # load ran across the restart, which refused for a while
     print(f"restart under load: {tally}")
+
+
+def test_sighup_swaps_the_bank_under_load_without_a_failed_request(demo_bank, mini_bench: Path, tmp_path):
+    """A bank rebuilt from every question (the demo's holds the train split) replaces the demo's on SIGHUP while
+    four clients keep asking; every answer names its bank (`jisi.bank`)."""
+    import yaml
+
+    from app.config import EmbedderSettings
+    from app.embedding import make_embedder
+    from app.engine import JiSiParams
+    from bank_builder.build import build_bank
+    from bank_builder.records import load_records
+
+    rebuilt = tmp_path / "rebuilt"  # with the embedder the gateway is configured with (the default)
+    build_bank(load_records([mini_bench], seed=42), make_embedder(EmbedderSettings(cache_dir=tmp_path / "cache")),
+               rebuilt, params=JiSiParams(), split={"part": "all", "seed": 42}, progress=False)
+    stop = threading.Event()
+    answers: list[tuple[float, str]] = []  # (when the request started, the bank that answered)
+    failures: list[str] = []
+
+    def client(url: str, asked: list[str], n: int) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            body = {"model": "jisi-route", "messages": [{"role": "user", "content": asked[n % len(asked)]}]}
+            try:
+                response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+                answers.append((started, response.json()["jisi"]["bank"]))
+                assert response.status_code == 200
+            except Exception as exc:  # noqa: BLE001 - counted
+                failures.append(repr(exc))
+            n += 4
+
+    with demo.running(demo_bank, [mini_bench], PRICES, latency_ms="200,0") as (replay, gateway):
+        old = httpx.get(f"{gateway.url}/readyz", timeout=5).json()["bank"]["build_id"]
+        threads, _ = in_threads([lambda n=n: client(gateway.url, questions(replay, 8), n) for n in range(4)])
+        time.sleep(1.5)
+        config = demo_bank.folder / "gateway.yaml"
+        config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "bank_path": str(rebuilt)}))
+        assert gateway.proc is not None
+        gateway.proc.send_signal(signal.SIGHUP)
+        deadline, new = time.monotonic() + 60, old
+        while new == old and time.monotonic() < deadline:
+            time.sleep(0.05)
+            new = httpx.get(f"{gateway.url}/readyz", timeout=5).json()["bank"]["build_id"]
+        swapped = time.monotonic()
+        time.sleep(1.5)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert new != old and failures == [], failures
+    before = {bank for started, bank in answers if started < swapped - 5}
+    after = {bank for started, bank in answers if started > swapped}
+    assert after == {new} and before <= {old}, (before, after)
+    print(f"bank swap under load: {len(answers)} requests, {len(failures)} failed, "
+          f"{sum(1 for s, _ in answers if s > swapped)} after the swap, all on {new}")

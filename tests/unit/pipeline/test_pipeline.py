@@ -47,7 +47,7 @@ class FailingPool:
     async def complete(self, name, body, role, deadline=None):
         raise UpstreamError(name, "HTTP 500: boom", 500)
 
-    async def stream(self, name, body, state: StreamState, deadline=None):
+    async def stream(self, name, body, state: StreamState, deadline=None, role="stream"):
         for i in range(self.chunks):
             chunk = {"choices": [{"delta": {"content": f"part{i} "}}]}
             state.record(chunk)
