@@ -190,10 +190,12 @@ class Gateway:
                  "upstream_errors": trace.errors} if trace else {})})
         if trace is None:
             return
-        self.tracing.phases(trace.intervals, {
-            "jisi.model": model, "jisi.mode": trace.mode, "jisi.bank": trace.bank, "jisi.answered_by": trace.answered_by,
-            "jisi.cost_usd": trace.cost_usd, "jisi.upstream_calls": len(trace.calls),
-            "jisi.degraded": bool(trace.degraded)})
+        if self.tracing.enabled:  # off: not even the attributes are built
+            self.tracing.phases(trace.intervals, {
+                "jisi.model": model, "jisi.mode": trace.mode, "jisi.bank": trace.bank,
+                "jisi.answered_by": trace.answered_by, "jisi.cost_usd": trace.cost_usd,
+                "jisi.upstream_calls": len(trace.calls),
+                "jisi.degraded": bool(trace.degraded)})
         self.metrics.observe_calls(trace.calls)
         for error in trace.errors:
             self.metrics.observe_error(error)
