@@ -13,7 +13,7 @@ from typing import AsyncIterator, Callable
 import httpx
 from fastapi import FastAPI
 
-from app.bank.format import BankError, EmbedderInfo, read_manifest
+from app.bank.format import BankError, EmbedderInfo
 from app.bank.reader import Bank
 from app.config import Settings
 from app.embedding import Embedder, make_embedder
@@ -147,8 +147,7 @@ def run(argv: list[str] | None = None) -> None:
     except Exception as exc:  # pydantic's message names every bad field
         sys.exit(f"jisi-gateway: invalid settings: {exc}")
     try:  # what can be checked before the embedding model and the bank load: one line and exit 1
-        preflight(settings)
-        validate(settings, read_manifest(settings.bank_path).models)
+        validate(settings, preflight(settings).models)  # the manifest, read once
         tracing = Tracing.from_env()
     except (BankError, ConfigError, TracingError) as exc:
         sys.exit(f"jisi-gateway: {exc}")

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from app.bank.format import BankError, read_manifest
+from app.bank.format import BankError, Manifest, read_manifest
 from app.bank.reader import Bank
 from app.config import EmbedderSettings, Settings
 from app.embedding import embedder_name
@@ -61,11 +61,11 @@ def static_digest(settings: EmbedderSettings) -> str | None:
     return StaticEmbedder(settings.model).digest
 
 
-def preflight(settings: Settings) -> None:
+def preflight(settings: Settings) -> Manifest:
     """The bank's embedders against the configured ones by name (and a static model's digest: it loads in a
     fraction of a second), before a transformer loads: a bank built with another embedder (one built before the
     default became the static model, or with an older distillation) is refused in one line that says how to
-    rebuild it. The full comparison (budget, truncation) follows in Bank.load."""
+    rebuild it. The full comparison (budget, truncation) follows in Bank.load. Returns the manifest it read."""
     path = settings.bank_path
     manifest = read_manifest(path)
     for what, setting, built, configured in (
@@ -87,6 +87,7 @@ def preflight(settings: Settings) -> None:
         raise BankError(f"the bank at {path} embedded its {what} with {built.name}, the gateway with {wanted} "
                         f"(`{setting}`{default}): rebuild the bank with the gateway's settings (`{rebuild}`) or set "
                         f"`{setting}.backend: {backend}` to serve it as it was built")
+    return manifest
 
 
 def say_unpriced(settings: Settings, bank: Bank) -> None:
